@@ -1,0 +1,16 @@
+/// Everything that can go wrong while building or evaluating the objective.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration that cannot define an objective.
+    #[error("{0}")]
+    Config(String),
+    /// An error of the network.
+    #[error(transparent)]
+    Vgg(#[from] vgg::Error),
+    /// An error of the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

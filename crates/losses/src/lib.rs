@@ -1,0 +1,21 @@
+//! The objective of Gatys, Ecker and Bethge (CVPR 2016): a weighted sum of a content loss on
+//! VGG19 features, a Gram-matrix style loss, and (an addition of later work) total variation.
+//!
+//! Reads top to bottom: [`gram`] and the per-layer losses ([`content_loss`], [`style_loss`],
+//! [`tv_loss`]), each returning its value and its gradient; the precomputed [`Targets`]; and the
+//! [`Objective`], which runs VGG19 forward, sums the terms, and backpropagates to the pixels.
+//!
+//! Notation: for one layer, `F` is the generated image's activation seen as an `N × M` matrix
+//! (`N` channels, `M = H·W` positions), `P` the content image's, `G = F Fᵀ` the (unnormalised)
+//! Gram matrix and `A` the style image's Gram matrix.
+#![deny(missing_docs)]
+
+mod error;
+mod form;
+mod objective;
+mod terms;
+
+pub use error::{Error, Result};
+pub use form::LossForm;
+pub use objective::{Evaluation, Objective, ObjectiveConfig, StyleImage, Targets, Terms};
+pub use terms::{content_loss, gram, style_loss, tv_loss};

@@ -1,0 +1,133 @@
+//! Optimizers over an image tensor, driven by a closure that returns the objective's value and
+//! gradient at a point, as PyTorch's `optimizer.step(closure)`:
+//!
+//! - [`Lbfgs`]: the paper's optimizer, equivalent to `torch.optim.LBFGS` (learning rate, history
+//!   size, tolerances, optional strong-Wolfe line search), plus a guard that keeps it from
+//!   diverging on badly scaled objectives;
+//! - [`Adam`]: neural-style's alternative.
+//!
+//! Every tensor stays on the device of the image; only scalars (dot products, values) come to
+//! the host.
+#![deny(missing_docs)]
+
+mod adam;
+mod lbfgs;
+
+pub use adam::{Adam, AdamConfig};
+pub use lbfgs::{Lbfgs, LbfgsConfig, LineSearch};
+
+use candle_core::Tensor;
+
+/// Errors of the optimizers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The objective returned NaN or infinity where no recovery is possible.
+    #[error("the objective is not finite ({value}) at evaluation {eval}")]
+    NonFinite {
+        /// 0-based index of the evaluation.
+        eval: usize,
+        /// The value returned.
+        value: f64,
+    },
+    /// The objective closure failed.
+    #[error("the objective failed: {0}")]
+    Objective(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// An error of the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The objective: value and gradient (same shape and device as the point) at a point.
+pub type Closure<'a> = dyn FnMut(&Tensor) -> Result<(f64, Tensor)> + 'a;
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    /// The objective's value at the iterate this step reports: the new point for L-BFGS, the
+    /// point the gradient was taken at for Adam.
+    pub value: f64,
+    /// Global index (0-based, over the optimizer's life) of the evaluation that produced `value`.
+    pub value_eval: usize,
+    /// Evaluations made by this step.
+    pub evals: usize,
+    /// The optimizer's own stopping test fired (gradient or change below tolerance): further
+    /// steps would not move.
+    pub converged: bool,
+}
+
+/// An optimizer over the pixels of an image.
+pub trait Optimizer {
+    /// Makes one step from `x`, updating it in place; `f` evaluates the objective.
+    fn step(&mut self, x: &mut Tensor, f: &mut Closure<'_>) -> Result<StepReport>;
+
+    /// Evaluations made so far.
+    fn evals(&self) -> usize;
+}
+
+/// `⟨a, b⟩` over all elements, as `f64`.
+pub(crate) fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.flatten_all()?.unsqueeze(0)?;
+    let b = b.flatten_all()?.unsqueeze(1)?;
+    Ok(a.matmul(&b)?.flatten_all()?.to_vec1::<f32>()?[0] as f64)
+}
+
+/// `max |a|` over all elements.
+pub(crate) fn abs_max(a: &Tensor) -> Result<f64> {
+    Ok(a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64)
+}
+
+/// `Σ |a|` over all elements.
+pub(crate) fn abs_sum(a: &Tensor) -> Result<f64> {
+    Ok(a.abs()?.sum_all()?.to_scalar::<f32>()? as f64)
+}
+
+/// `a + s · b`.
+pub(crate) fn axpy(a: &Tensor, s: f64, b: &Tensor) -> Result<Tensor> {
+    Ok((a + (b * s)?)?)
+}
+
+#[cfg(test)]
+pub(crate) mod testfns {
+    use super::*;
+    use candle_core::Device;
+
+    /// Rosenbrock in 2·k dimensions, `Σ 100 (x_{2i+1} − x_{2i}²)² + (1 − x_{2i})²`, scaled.
+    pub fn rosenbrock(scale: f64) -> impl FnMut(&Tensor) -> Result<(f64, Tensor)> {
+        move |x: &Tensor| {
+            let v = x.to_vec1::<f32>()?;
+            let mut f = 0f64;
+            let mut g = vec![0f32; v.len()];
+            for i in (0..v.len()).step_by(2) {
+                let (a, b) = (v[i] as f64, v[i + 1] as f64);
+                f += 100.0 * (b - a * a).powi(2) + (1.0 - a).powi(2);
+                g[i] = (scale * (-400.0 * a * (b - a * a) - 2.0 * (1.0 - a))) as f32;
+                g[i + 1] = (scale * 200.0 * (b - a * a)) as f32;
+            }
+            Ok((scale * f, Tensor::from_vec(g, v.len(), x.device())?))
+        }
+    }
+
+    /// `scale · Σ_i c_i (x_i − 1)²` with condition number 100.
+    pub fn quadratic(scale: f64) -> impl FnMut(&Tensor) -> Result<(f64, Tensor)> {
+        move |x: &Tensor| {
+            let v = x.to_vec1::<f32>()?;
+            let n = v.len();
+            let mut f = 0f64;
+            let mut g = vec![0f32; n];
+            for (i, xi) in v.iter().enumerate() {
+                let c = 1.0 + 99.0 * i as f64 / (n - 1) as f64;
+                let d = *xi as f64 - 1.0;
+                f += scale * c * d * d;
+                g[i] = (scale * 2.0 * c * d) as f32;
+            }
+            Ok((f, Tensor::from_vec(g, n, x.device())?))
+        }
+    }
+
+    pub fn start(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap()
+    }
+}

@@ -1,0 +1,83 @@
+//! `runner bench`: the time of one evaluation of the default objective (forward to `relu5_1`,
+//! backward to the image) on random images, as `../shared/bench/torch_reference.py bench`
+//! measures it, printed as one JSON line with the same keys.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use losses::{LossForm, Objective, ObjectiveConfig, StyleImage, Targets};
+use vgg::{ConvAlgorithm, Layer, Pooling, Vgg19, VggWeights, WeightsFormat};
+
+use crate::assets::Assets;
+use crate::run::{device_name, peak_rss_mib, resolve_device};
+use crate::params::DeviceChoice;
+use crate::Result;
+
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Image width.
+    pub width: usize,
+    /// Image height.
+    pub height: usize,
+    /// Timed evaluations (after one warm-up evaluation).
+    pub evals: usize,
+    /// Device.
+    pub device: DeviceChoice,
+    /// Convolution algorithm.
+    pub algorithm: ConvAlgorithm,
+}
+
+/// Runs the benchmark and returns the JSON line.
+pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
+    let device = resolve_device(c.device)?;
+    let w = assets.weights()?;
+    let weights = VggWeights::load(&w.path, WeightsFormat::detect(&w.path)?, &device)?;
+    let net = Vgg19::new(&weights, Pooling::Max, c.algorithm)?;
+    drop(weights);
+    let layers = |names: &[&str]| names.iter().map(|s| s.parse::<Layer>()).collect::<vgg::Result<Vec<_>>>();
+    let config = ObjectiveConfig {
+        content_layers: layers(&["relu4_2"])?,
+        style_layers: layers(&["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])?,
+        style_layer_weights: None,
+        content_weight: 20.0,
+        style_weight: 1e3,
+        tv_weight: 0.0,
+        form: LossForm::Seed,
+    };
+    // Random images in [-128, 128), as the torch reference's `torch.rand(...) * 255 - 128`.
+    let shape = (1, 3, c.height, c.width);
+    let content = (Tensor::rand(0f32, 255f32, shape, &device)? - 128.0)?;
+    let style = (Tensor::rand(0f32, 255f32, shape, &device)? - 128.0)?;
+    let targets = Targets::compute(&net, &config, Some(&content), &[StyleImage { image: style, weight: 1.0 }])?;
+    let objective = Objective::new(&net, config, targets)?;
+    let mut times = Vec::with_capacity(c.evals);
+    for i in 0..=c.evals {
+        device.synchronize()?;
+        let t = Instant::now();
+        let e = objective.evaluate(&content)?;
+        // Make sure the gradient is computed, not only queued.
+        let _ = e.grad.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+        device.synchronize()?;
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    let json = serde_json::json!({
+        "impl": format!("gatys-rs {} ({:?})", env!("CARGO_PKG_VERSION"), c.algorithm),
+        "device": device_name(&device),
+        "threads": rayon::current_num_threads(),
+        "width": c.width,
+        "height": c.height,
+        "evals": c.evals,
+        "s_per_eval_median": median,
+        "s_per_eval_min": times[0],
+        "peak_rss_mib": peak_rss_mib().map(|m| (m * 10.0).round() / 10.0),
+        "peak_gpu_mib": serde_json::Value::Null,
+        "winograd_kernels_mib": (net.transformed_bytes() as f64 / 1048576.0).round(),
+    });
+    Ok(json.to_string())
+}
+

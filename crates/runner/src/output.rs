@@ -1,0 +1,167 @@
+//! Files a run and an experiment leave behind: PNG images, CSV tables, loss plots and contact
+//! sheets, each written to a temporary file and renamed into place.
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+use plotters::prelude::*;
+
+use crate::assets::write_atomic;
+use crate::{Error, Result};
+
+/// Encodes an image as PNG and writes it atomically.
+pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(img.clone())
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| Error::Run(format!("cannot encode {}: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes rows of strings as CSV, atomically.
+pub fn write_csv(path: &Path, header: &[String], rows: &[Vec<String>]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let bad = |e: csv::Error| Error::Run(format!("cannot write {}: {e}", path.display()));
+    w.write_record(header).map_err(bad)?;
+    for r in rows {
+        w.write_record(r).map_err(bad)?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Run(format!("cannot write {}: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
+fn font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // DejaVu Sans, embedded: no system font library is needed at run time.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+}
+
+/// One line of a log-scale plot.
+pub struct Series {
+    /// Legend.
+    pub name: String,
+    /// (x, y) points; non-positive y are skipped (log scale).
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A log-scale line plot of `series` against `x_label`, written as PNG.
+pub fn plot_log(path: &Path, title: &str, x_label: &str, series: &[Series], size: (u32, u32)) -> Result<()> {
+    font();
+    let (w, h) = size;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw_log(&root, title, x_label, series).map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
+        root.present().map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
+    }
+    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Run("plot buffer".into()))?;
+    save_png(&img, path)
+}
+
+fn draw_log<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+) -> std::result::Result<(), Box<dyn std::error::Error + 'static>>
+where
+    DB::ErrorType: 'static,
+{
+    let pts = || series.iter().flat_map(|s| s.points.iter()).filter(|(_, y)| *y > 0.0 && y.is_finite());
+    let x_max = pts().map(|p| p.0).fold(1.0f64, f64::max);
+    let y_min = pts().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let y_max = pts().map(|p| p.1).fold(0.0f64, f64::max);
+    let (y_min, y_max) = if y_min.is_finite() && y_max > 0.0 { (y_min * 0.8, y_max * 1.25) } else { (1e-3, 1.0) };
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc("loss (log)")
+        .y_label_formatter(&|v| format!("{v:.1e}"))
+        .label_style(("sans-serif", 12))
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let data: Vec<(f64, f64)> = s.points.iter().copied().filter(|(_, y)| *y > 0.0 && y.is_finite()).collect();
+        chart
+            .draw_series(LineSeries::new(data, color.stroke_width(2)))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 12))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// A contact sheet: the images in a grid of `columns`, each scaled to fit `cell` pixels on its
+/// long side, with its label underneath.
+pub fn contact_sheet(path: &Path, items: &[(RgbImage, String)], columns: usize, cell: u32) -> Result<()> {
+    font();
+    let columns = columns.clamp(1, items.len().max(1));
+    let rows = items.len().div_ceil(columns).max(1);
+    let label_h = 34u32;
+    let pad = 8u32;
+    let (cw, ch) = (cell + pad, cell + label_h + pad);
+    let (w, h) = (columns as u32 * cw + pad, rows as u32 * ch + pad);
+    let mut canvas = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    for (i, (img, _)) in items.iter().enumerate() {
+        let thumb = fit(img, cell);
+        let (x0, y0) = ((i % columns) as u32 * cw + pad, (i / columns) as u32 * ch + pad);
+        let (ox, oy) = ((cell - thumb.width()) / 2, (cell - thumb.height()) / 2);
+        image::imageops::overlay(&mut canvas, &thumb, (x0 + ox) as i64, (y0 + oy) as i64);
+    }
+    let mut buf = canvas.into_raw();
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        for (i, (_, label)) in items.iter().enumerate() {
+            let (x0, y0) = ((i % columns) as u32 * cw + pad, (i / columns) as u32 * ch + pad + cell + 4);
+            let size = if label.len() > 2 * cell as usize / 9 { 11 } else { 14 };
+            let max_chars = (cell as usize * 2) / size as usize;
+            for (line, text) in wrap(label, max_chars).iter().take(2).enumerate() {
+                root.draw(&Text::new(
+                    text.clone(),
+                    (x0 as i32, (y0 + line as u32 * (size + 2)) as i32),
+                    ("sans-serif", size).into_font().color(&BLACK),
+                ))
+                .map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
+            }
+        }
+        root.present().map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
+    }
+    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Run("sheet buffer".into()))?;
+    save_png(&img, path)
+}
+
+fn fit(img: &RgbImage, cell: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let s = cell as f64 / w.max(h) as f64;
+    let (nw, nh) = (((w as f64 * s).round() as u32).clamp(1, cell), ((h as f64 * s).round() as u32).clamp(1, cell));
+    image::imageops::resize(img, nw, nh, image::imageops::FilterType::Triangle)
+}
+
+fn wrap(text: &str, max: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_inclusive([' ', '+', ',']) {
+        let cur = lines.last_mut().expect("one line");
+        if !cur.is_empty() && cur.len() + word.len() > max {
+            lines.push(word.trim_start().to_string());
+        } else {
+            cur.push_str(word);
+        }
+    }
+    lines
+}

@@ -1,0 +1,119 @@
+//! L-BFGS against torch.optim.LBFGS's traces on the real objective, and on the badly scaled
+//! `paper` form where PyTorch's blows up in float32.
+
+use candle_core::Tensor;
+use losses::{LossForm, Objective};
+use optim::{Lbfgs, LbfgsConfig, LineSearch, Optimizer};
+use vgg::ConvAlgorithm;
+
+use crate::helpers::*;
+
+/// Runs L-BFGS from the fixture's x0 until `evals` evaluations; returns every evaluation's value
+/// and the value at each iterate x_k (k = 0 …).
+fn trace(alg: ConvAlgorithm, x0: &str, form: LossForm, config: LbfgsConfig, evals: usize) -> (Vec<f64>, Vec<f64>, Tensor) {
+    let (v, i, x, err) = try_trace(alg, x0, form, config, evals);
+    if let Some(e) = err {
+        panic!("L-BFGS failed: {e}");
+    }
+    (v, i, x)
+}
+
+/// Like `trace`, stopping at the first error and returning it.
+fn try_trace(
+    alg: ConvAlgorithm,
+    x0: &str,
+    form: LossForm,
+    config: LbfgsConfig,
+    evals: usize,
+) -> (Vec<f64>, Vec<f64>, Tensor, Option<String>) {
+    let net = net(alg);
+    let cfg = fixture_config(form);
+    let targets = fixture_targets(&net, &cfg);
+    let obj = Objective::new(&net, cfg, targets).unwrap();
+    let mut values = Vec::new();
+    let mut iterates = Vec::new();
+    let mut x = t(x0);
+    let mut opt = Lbfgs::new(config);
+    while opt.evals() < evals {
+        let mut f = |x: &Tensor| -> optim::Result<(f64, Tensor)> {
+            let e = obj.evaluate(x).map_err(|e| optim::Error::Objective(Box::new(e)))?;
+            values.push(e.terms.total);
+            Ok((e.terms.total, e.grad))
+        };
+        let r = match opt.step(&mut x, &mut f) {
+            Ok(r) => r,
+            Err(e) => return (values, iterates, x, Some(e.to_string())),
+        };
+        if iterates.is_empty() {
+            iterates.push(values[0]);
+        }
+        iterates.push(r.value);
+    }
+    (values, iterates, x, None)
+}
+
+/// The first evaluations of L-BFGS hinge on the curvature of a step of 1e-4 pixel levels, a
+/// difference of two nearly equal gradients: they amplify any float32 rounding of the gradient
+/// about 3000-fold. The equivalence with PyTorch is therefore checked with candle's direct
+/// convolution (gradient within 5e-7 of float64); the Winograd path (gradient within 3e-6) is
+/// held to 1% on the same trace. Even PyTorch in float32 drifts from its float64 run by 6e-4 at
+/// the 5th evaluation and 2% by the 20th.
+#[test]
+fn lbfgs_without_line_search_follows_torch() {
+    let want = list("lbfgs.seed.none.evals");
+    for (alg, first5, last30) in [(ConvAlgorithm::Candle, 1e-3, 0.02), (ConvAlgorithm::Fast, 1e-2, 0.05)] {
+        let (got, _, x) = trace(alg, "x0", LossForm::Seed, LbfgsConfig::default(), want.len());
+        let got = &got[..want.len()];
+        let rels: Vec<String> = got.iter().zip(&want).map(|(a, b)| format!("{:.1e}", rel(*a, *b))).collect();
+        eprintln!("none, {alg:?}: relative difference per evaluation {rels:?}");
+        eprintln!("none, {alg:?}: 30th evaluation {:.6e} vs torch {:.6e}; x after 30 steps {:.2e} from torch's",
+            got[29], want[29], rel_err(&x, &t("lbfgs.seed.none.x_final")));
+        for i in 0..5 {
+            assert!(rel(got[i], want[i]) < first5, "{alg:?} evaluation {i}: {} vs torch {}", got[i], want[i]);
+        }
+        assert!(rel(got[29], want[29]) < last30, "{alg:?} 30th evaluation {} vs torch {}", got[29], want[29]);
+    }
+}
+
+#[test]
+fn lbfgs_with_strong_wolfe_follows_torch() {
+    // PyTorch re-evaluates the current point at each step() call (max_iter = 1); ours keeps it.
+    // Its trace is [f(x0), trial, f(x1) again, trial, f(x2) again, …]: the even entries are the
+    // iterates. With max_iter = 1 its search may make no evaluation after the first trial
+    // (max_ls = max_eval − 1 = 0), so the trial is kept only if lower: the same setting here.
+    let want_evals = list("lbfgs.seed.strong_wolfe.evals");
+    assert_eq!(want_evals.len(), 60);
+    let want: Vec<f64> = want_evals.iter().step_by(2).copied().collect();
+    let cfg = LbfgsConfig { line_search: LineSearch::StrongWolfe, max_line_search_evals: 0, ..Default::default() };
+    let (evals, got, _) = trace(ConvAlgorithm::Candle, "x0", LossForm::Seed, cfg, 30);
+    let n = want.len().min(got.len()) - 1;
+    let rels: Vec<String> = got.iter().zip(&want).map(|(a, b)| format!("{:.1e}", rel(*a, *b))).collect();
+    eprintln!("strong wolfe: relative difference per iterate {rels:?}");
+    eprintln!("strong wolfe: iterate {n}: {:.6e} vs torch {:.6e}, {} evaluations (torch: 60)", got[n], want[n], evals.len());
+    for k in 0..5 {
+        assert!(rel(got[k], want[k]) < 1e-3, "iterate {k}: {} vs torch {}", got[k], want[k]);
+    }
+    // From iterate 20 on, PyTorch's run is stuck: its trial point is higher, its search may not
+    // shrink it, so it stays (its trace repeats 48192448.75 / 48315035.39). Ours, in float32,
+    // took a slightly different path that did not stall: it must end no higher than 2% above.
+    assert!(got[n] <= want[n] * 1.02, "iterate {n}: {} vs torch {}", got[n], want[n]);
+}
+
+/// The `paper` form started from the content image (values near 9e12): PyTorch's L-BFGS
+/// overflows float32 on its second step and never recovers (measured with torch 2.15: `inf`
+/// then NaN without line search; stuck at the start with strong Wolfe). The guarded one
+/// converges with either line search; unguarded, it reproduces PyTorch's failure.
+#[test]
+fn lbfgs_converges_on_the_badly_scaled_paper_form() {
+    for ls in [LineSearch::None, LineSearch::StrongWolfe] {
+        let cfg = LbfgsConfig { line_search: ls, ..Default::default() };
+        let (values, iterates, _) = trace(ConvAlgorithm::Fast, "content.preprocessed", LossForm::Paper, cfg, 40);
+        let (start, end) = (iterates[0], *iterates.last().unwrap());
+        eprintln!("paper, {ls:?}, guarded: {start:.3e} -> {end:.3e} in {} evaluations", values.len());
+        assert!(end.is_finite() && end < start * 0.2, "{ls:?}: {start} -> {end}");
+    }
+    let plain = LbfgsConfig { guard: false, ..Default::default() };
+    let (values, _, _, err) = try_trace(ConvAlgorithm::Fast, "content.preprocessed", LossForm::Paper, plain, 10);
+    eprintln!("paper, unguarded: {:?} {err:?}", values.iter().map(|v| format!("{v:.3e}")).collect::<Vec<_>>());
+    assert!(values.iter().any(|v| !v.is_finite()) || err.is_some(), "the unguarded run did not overflow: {values:?}");
+}

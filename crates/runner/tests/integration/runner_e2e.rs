@@ -1,0 +1,159 @@
+//! The `runner` binary end to end on tiny real runs (64×48 fixture images, a few iterations).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::helpers::*;
+
+fn runner(args: &[&str], cwd: &Path) -> Output {
+    weights_path(); // fetched once, shared through the cache
+    Command::new(env!("CARGO_BIN_EXE_runner")).args(args).current_dir(cwd).output().expect("running runner")
+}
+
+fn spec(dir: &Path, body: &str) -> PathBuf {
+    let content = fixture_dir().join("content_64x48.png");
+    let style = fixture_dir().join("style_64x48.png");
+    let text = body.replace("CONTENT", &content.display().to_string()).replace("STYLE", &style.display().to_string());
+    let p = dir.join("exp.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const TINY: &str = r#"
+name = "tiny"
+description = "a tiny real experiment"
+[defaults]
+content = "CONTENT"
+style = "STYLE"
+iterations = 4
+save_every = 2
+init = "noise"
+size = 64
+[sweep]
+seed = [0, 1]
+"#;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn a_tiny_experiment_writes_every_output_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), TINY);
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let exp = dir.path().join("res/tiny");
+    for run in ["seed=0", "seed=1"] {
+        let d = exp.join(run);
+        let img = image::open(d.join("output.png")).unwrap();
+        assert_eq!((img.width(), img.height()), (64, 48), "non-square output keeps the aspect");
+        assert!(d.join("snapshot_00002.png").is_file());
+        image::open(d.join("loss.png")).unwrap();
+        let mut csv = csv::Reader::from_path(d.join("losses.csv")).unwrap();
+        let header: Vec<String> = csv.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(&header[..7], ["iteration", "evals", "seconds", "total", "content", "style", "tv"]);
+        assert!(header.contains(&"content_relu4_2".to_string()) && header.contains(&"style_relu5_1".to_string()));
+        let rows: Vec<csv::StringRecord> = csv.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 5, "iteration 0 and 4 steps");
+        let totals: Vec<f64> = rows.iter().map(|r| r[3].parse().unwrap()).collect();
+        assert!(totals[4] < totals[0], "the loss decreases: {totals:?}");
+        let record: toml::Table = std::fs::read_to_string(d.join("run.toml")).unwrap().parse().unwrap();
+        assert_eq!(record["inputs"]["weights"]["sha256"].as_str().unwrap(), runner::assets::WEIGHTS.1);
+        assert_eq!(record["result"]["iterations"].as_integer().unwrap(), 4);
+        assert!(record["program"].as_str().unwrap().starts_with("gatys-rs runner"));
+        let params = runner::spec::from_table(record["params"].as_table().unwrap(), "run.toml").unwrap();
+        assert_eq!(params.iterations, 4);
+    }
+    let mut summary = csv::Reader::from_path(exp.join("summary.csv")).unwrap();
+    let h: Vec<String> = summary.headers().unwrap().iter().map(String::from).collect();
+    for col in ["name", "seed", "status", "final_total", "final_content", "final_style", "iterations", "evals", "seconds", "s_per_eval", "peak_rss_mib"] {
+        assert!(h.contains(&col.to_string()), "summary.csv lacks {col}: {h:?}");
+    }
+    let rows: Vec<csv::StringRecord> = summary.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| &r[2] == "ok" && r[3].parse::<f64>().unwrap() > 0.0));
+    assert_eq!(image::open(exp.join("grid.png")).unwrap().width() > 128, true);
+    image::open(exp.join("curves.png")).unwrap();
+    // A second invocation skips complete runs and leaves their outputs untouched.
+    let before = std::fs::metadata(exp.join("seed=0/output.png")).unwrap().modified().unwrap();
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    assert!(o.status.success() && stderr(&o).matches("skipped").count() == 2, "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(exp.join("seed=0/output.png")).unwrap().modified().unwrap(), before);
+    // A changed parameter changes the identity: the run is done again.
+    let o = runner(&[s.to_str().unwrap(), "--out", "res", "--iterations", "2", "--only", "seed=1"], dir.path());
+    assert!(o.status.success() && stderr(&o).contains("ok       seed=1"), "{}", stderr(&o));
+    // --force redoes a complete run.
+    let o = runner(&[s.to_str().unwrap(), "--out", "res", "--iterations", "2", "--only", "seed=1", "--force"], dir.path());
+    assert!(stderr(&o).contains("ok       seed=1"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_failing_run_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.bin");
+    std::fs::write(&bad, b"not weights at all").unwrap();
+    let body = format!(
+        r#"
+        name = "mixed"
+        [defaults]
+        content = "CONTENT"
+        style = "STYLE"
+        iterations = 2
+        [[run]]
+        name = "broken"
+        weights = "{}"
+        [[run]]
+        name = "good"
+        "#,
+        bad.display()
+    );
+    let s = spec(dir.path(), &body);
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let exp = dir.path().join("res/mixed");
+    assert!(exp.join("good/output.png").is_file());
+    assert!(!exp.join("broken/run.toml").exists());
+    let text = std::fs::read_to_string(exp.join("summary.csv")).unwrap();
+    let broken = text.lines().find(|l| l.starts_with("broken")).unwrap();
+    assert!(broken.contains("broken.bin") && broken.contains("magic"), "{broken}");
+    assert!(text.lines().any(|l| l.starts_with("good") && l.contains(",ok,")), "{text}");
+}
+
+#[test]
+fn bad_specs_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent = \"missing.png\"\n");
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    let m = stderr(&o);
+    assert!(m.contains("exp.toml") && m.contains("missing.png") && m.contains("tubingen"), "{m}");
+    assert!(!dir.path().join("res").exists(), "nothing ran");
+    let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent_layers = [\"relu4_22\"]\n");
+    let o = runner(&[s.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("did you mean `relu4_2`"), "{}", stderr(&o));
+    // An unreadable image: a file that is not an image.
+    std::fs::write(dir.path().join("fake.png"), b"plain text").unwrap();
+    let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent = \"fake.png\"\nstyle = \"STYLE\"\n");
+    let o = runner(&[s.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("fake.png"), "{}", stderr(&o));
+    if !cfg!(feature = "cuda") {
+        let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent = \"CONTENT\"\nstyle = \"STYLE\"\ndevice = \"cuda\"\n");
+        let o = runner(&[s.to_str().unwrap()], dir.path());
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("built without CUDA") && stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn dry_run_prints_the_resolved_plan_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), TINY);
+    let o = runner(&[s.to_str().unwrap(), "--out", "res", "--dry-run", "--size", "96"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("tiny (2 runs)") && out.contains("name = \"seed=1\"") && out.contains("size = 96"), "{out}");
+    assert!(!dir.path().join("res").exists());
+}

@@ -1,0 +1,247 @@
+//! The 3×3 convolution of VGG19, forward and input gradient.
+//!
+//! On the CPU both run through the Winograd kernel of [`crate::winograd`] (as candle custom ops,
+//! with bias, ReLU and the backward ReLU mask fused); on any other device through candle's own
+//! `conv2d`. The input gradient of a stride-1, padding-1 3×3 convolution is itself such a
+//! convolution, with the kernel transposed (in ↔ out channels) and flipped, so one fast path
+//! serves both directions, and the kernel gradient (frozen weights) is never computed.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
+
+use crate::winograd::{self, Epilogue, Kernel, Variant};
+use crate::{Error, Result};
+
+/// How the convolutions are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConvAlgorithm {
+    /// Winograd F(4×4, 3×3) on the CPU (4× fewer multiplications than direct), candle's
+    /// `conv2d` on other devices. The default.
+    #[default]
+    Fast,
+    /// Winograd F(2×2, 3×3) on the CPU (2.25× fewer multiplications, a little more exact).
+    Winograd2x2,
+    /// candle's `conv2d` everywhere: the reference the fast paths are tested against.
+    Candle,
+}
+
+/// One 3×3, stride-1, padding-1 convolution with bias: `y = W ⋆ x + b`.
+pub struct Conv3x3 {
+    weight: Tensor,
+    bias: Tensor,
+    algorithm: ConvAlgorithm,
+    // Built on first use only, so unused layers (conv5_2 … conv5_4 for the usual losses) cost
+    // no memory beyond their weights.
+    cpu_forward: OnceLock<Arc<Kernel>>,
+    cpu_backward: OnceLock<Arc<Kernel>>,
+    cpu_bias: OnceLock<Arc<Vec<f32>>>,
+    weight_grad_input: OnceLock<Tensor>,
+}
+
+impl Conv3x3 {
+    /// A convolution with `weight` of shape `(C_out, C_in, 3, 3)` and `bias` of shape `(C_out)`.
+    pub fn new(weight: Tensor, bias: Tensor, algorithm: ConvAlgorithm) -> Result<Self> {
+        let (k, _c, kh, kw) = weight.dims4()?;
+        if (kh, kw) != (3, 3) || bias.dims() != [k] {
+            return Err(Error::Shape(format!(
+                "expected a 3×3 kernel and a bias of {k}, got {:?} and {:?}",
+                weight.dims(),
+                bias.dims()
+            )));
+        }
+        Ok(Self {
+            weight: weight.to_dtype(DType::F32)?.contiguous()?,
+            bias: bias.to_dtype(DType::F32)?.contiguous()?,
+            algorithm,
+            cpu_forward: OnceLock::new(),
+            cpu_backward: OnceLock::new(),
+            cpu_bias: OnceLock::new(),
+            weight_grad_input: OnceLock::new(),
+        })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    fn variant(&self, x: &Tensor) -> Option<Variant> {
+        if !x.device().is_cpu() {
+            return None;
+        }
+        match self.algorithm {
+            ConvAlgorithm::Fast => Some(Variant::F43),
+            ConvAlgorithm::Winograd2x2 => Some(Variant::F23),
+            ConvAlgorithm::Candle => None,
+        }
+    }
+
+    fn host_weights(&self) -> Result<Vec<f32>> {
+        Ok(self.weight.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn kernel(&self, v: Variant, backward: bool) -> Result<Arc<Kernel>> {
+        let cell = if backward { &self.cpu_backward } else { &self.cpu_forward };
+        if let Some(k) = cell.get() {
+            return Ok(k.clone());
+        }
+        let w = self.host_weights()?;
+        let (k, c) = (self.out_channels(), self.in_channels());
+        let kernel = if backward {
+            winograd::transform_kernel(v, &w, c, k, true)
+        } else {
+            winograd::transform_kernel(v, &w, k, c, false)
+        };
+        Ok(cell.get_or_init(|| Arc::new(kernel)).clone())
+    }
+
+    /// Bytes of Winograd-domain kernels built so far.
+    pub fn transformed_bytes(&self) -> usize {
+        [&self.cpu_forward, &self.cpu_backward].iter().filter_map(|c| c.get()).map(|k| k.bytes()).sum()
+    }
+
+    /// `relu(W ⋆ x + b)` when `relu`, else `W ⋆ x + b`; `x` is `(N, C_in, H, W)`, the result
+    /// `(N, C_out, H, W)`.
+    pub fn forward_with(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        match self.variant(x) {
+            Some(v) => {
+                let bias = self
+                    .cpu_bias
+                    .get_or_init(|| Arc::new(self.bias.to_vec1::<f32>().unwrap_or_default()))
+                    .clone();
+                let op = WinogradOp {
+                    kernel: self.kernel(v, false)?,
+                    bias: Some(bias),
+                    relu,
+                };
+                Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
+            }
+            None => {
+                let y = x.conv2d(&self.weight, 1, 1, 1, 1)?;
+                let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+                Ok(if relu { y.relu()? } else { y })
+            }
+        }
+    }
+
+    /// Gradient with respect to the input `x` of `Σ grad_out ⊙ f(x)`, where `f` is this
+    /// convolution, followed by a ReLU when `relu_out` (that ReLU's output, `(N, C_out, H, W)`)
+    /// is given: `W' ⋆ (grad_out ⊙ [relu_out > 0])` with `W'` the transposed, flipped kernel.
+    /// `grad_out` is `(N, C_out, H, W)`; the result `(N, C_in, H, W)`.
+    pub fn input_grad(&self, grad_out: &Tensor, relu_out: Option<&Tensor>) -> Result<Tensor> {
+        match self.variant(grad_out) {
+            Some(v) => {
+                let op = WinogradOp { kernel: self.kernel(v, true)?, bias: None, relu: false };
+                let g = grad_out.contiguous()?;
+                Ok(match relu_out {
+                    Some(r) => g.apply_op2_no_bwd(&r.contiguous()?, &op)?,
+                    None => g.apply_op1_no_bwd(&op)?,
+                })
+            }
+            None => {
+                let g = match relu_out {
+                    Some(r) => (grad_out * r.gt(0f32)?.to_dtype(DType::F32)?)?,
+                    None => grad_out.clone(),
+                };
+                let wt = match self.weight_grad_input.get() {
+                    Some(w) => w.clone(),
+                    None => {
+                        let w = self.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?.contiguous()?;
+                        self.weight_grad_input.get_or_init(|| w).clone()
+                    }
+                };
+                Ok(g.conv2d(&wt, 1, 1, 1, 1)?)
+            }
+        }
+    }
+}
+
+impl Module for Conv3x3 {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_with(x, false).map_err(candle_core::Error::wrap)
+    }
+}
+
+/// The CPU Winograd convolution as a candle op on `(N, C, H, W)` `f32` tensors; the optional
+/// second operand is the backward ReLU mask source.
+struct WinogradOp {
+    kernel: Arc<Kernel>,
+    bias: Option<Arc<Vec<f32>>>,
+    relu: bool,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("winograd conv: {what} must be f32, got another type")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("winograd conv: {what} must be contiguous"),
+    }
+}
+
+impl WinogradOp {
+    fn run(&self, x: &[f32], lx: &Layout, mask: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = lx.shape().dims4()?;
+        if c != self.kernel_in() {
+            candle_core::bail!("winograd conv: input has {c} channels, the kernel expects {}", self.kernel_in())
+        }
+        let k = self.kernel_out();
+        let mut out = vec![0f32; n * k * h * w];
+        let epi = Epilogue { bias: self.bias.as_deref().map(|b| b.as_slice()), relu: self.relu };
+        for b in 0..n {
+            let xs = &x[b * c * h * w..(b + 1) * c * h * w];
+            let ms = mask.map(|m| &m[b * c * h * w..(b + 1) * c * h * w]);
+            let os = &mut out[b * k * h * w..(b + 1) * k * h * w];
+            winograd::conv(&self.kernel, xs, ms, h, w, epi, os);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, k, h, w))))
+    }
+
+    fn kernel_in(&self) -> usize {
+        self.kernel_dims().1
+    }
+
+    fn kernel_out(&self) -> usize {
+        self.kernel_dims().0
+    }
+
+    fn kernel_dims(&self) -> (usize, usize) {
+        winograd::kernel_dims(&self.kernel)
+    }
+}
+
+impl CustomOp1 for WinogradOp {
+    fn name(&self) -> &'static str {
+        "winograd-conv3x3"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(f32_slice(s, l, "input")?, l, None)
+    }
+}
+
+impl CustomOp2 for WinogradOp {
+    fn name(&self) -> &'static str {
+        "winograd-conv3x3-masked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("winograd conv: mask {:?} differs from input {:?}", l2.shape(), l1.shape())
+        }
+        self.run(f32_slice(s1, l1, "input")?, l1, Some(f32_slice(s2, l2, "mask")?))
+    }
+}

@@ -1,0 +1,51 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A layer name that VGG19 does not have.
+    #[error("unknown layer `{name}`: did you mean `{nearest}`? (valid layers: {valid})")]
+    UnknownLayer {
+        /// The name given.
+        name: String,
+        /// The valid name closest to it.
+        nearest: String,
+        /// Every valid name.
+        valid: String,
+    },
+    /// A weights file that cannot be read as the format it claims.
+    #[error("weights file {path}: {reason}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An image file that cannot be read or written.
+    #[error("image {path}: {source}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's or encoder's error.
+        #[source]
+        source: image::ImageError,
+    },
+    /// An input or output file that cannot be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor whose shape does not fit the operation.
+    #[error("{0}")]
+    Shape(String),
+    /// An error of the tensor library.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

