@@ -109,21 +109,33 @@ impl Lbfgs {
         Ok((v, g, index))
     }
 
-    /// Two-loop recursion: `−H g` with the stored pairs and `H₀ = h_diag · I`.
+    /// Two-loop recursion: `−H g` with the stored pairs and `H₀ = h_diag · I`. The scalars of
+    /// the recursion stay on the device as 0-d tensors (as PyTorch's do), so a GPU step does not
+    /// wait on the host once per stored pair.
     fn direction(&self, g: &Tensor) -> Result<Tensor> {
         let mut q = g.neg()?;
-        let mut alphas = vec![0f64; self.pairs.len()];
-        for (i, (s, y, rho)) in self.pairs.iter().enumerate().rev() {
-            alphas[i] = dot(s, &q)? * rho;
-            q = axpy(&q, -alphas[i], y)?;
+        let mut alphas: Vec<Tensor> = Vec::with_capacity(self.pairs.len());
+        for (s, y, rho) in self.pairs.iter().rev() {
+            let a = (dot_tensor(s, &q)? * *rho)?;
+            q = (q - y.broadcast_mul(&a.to_dtype(y.dtype())?)?)?;
+            alphas.push(a);
         }
+        alphas.reverse();
         let mut r = (q * self.h_diag)?;
-        for (i, (s, y, rho)) in self.pairs.iter().enumerate() {
-            let beta = dot(y, &r)? * rho;
-            r = axpy(&r, alphas[i] - beta, s)?;
+        for ((s, y, rho), a) in self.pairs.iter().zip(&alphas) {
+            let beta = (dot_tensor(y, &r)? * *rho)?;
+            r = (r + s.broadcast_mul(&(a - beta)?.to_dtype(s.dtype())?)?)?;
         }
         Ok(r)
     }
+}
+
+/// `⟨a, b⟩` as a 0-d `f64` tensor on the device: the recursion's scalars are combined in
+/// double precision (`α − β` cancels), as the host-side version of this code did.
+fn dot_tensor(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let a = a.flatten_all()?.unsqueeze(0)?;
+    let b = b.flatten_all()?.unsqueeze(1)?;
+    Ok(a.matmul(&b)?.reshape(())?.to_dtype(candle_core::DType::F64)?)
 }
 
 impl Optimizer for Lbfgs {

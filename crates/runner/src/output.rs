@@ -113,22 +113,24 @@ pub fn contact_sheet(path: &Path, items: &[(RgbImage, String)], columns: usize, 
     font();
     let columns = columns.clamp(1, items.len().max(1));
     let rows = items.len().div_ceil(columns).max(1);
+    let thumbs: Vec<RgbImage> = items.iter().map(|(img, _)| fit(img, cell)).collect();
+    // Rows are as tall as the tallest thumbnail, so landscape images leave no gap above labels.
+    let cell_h = thumbs.iter().map(|t| t.height()).max().unwrap_or(cell);
     let label_h = 34u32;
     let pad = 8u32;
-    let (cw, ch) = (cell + pad, cell + label_h + pad);
+    let (cw, ch) = (cell + pad, cell_h + label_h + pad);
     let (w, h) = (columns as u32 * cw + pad, rows as u32 * ch + pad);
     let mut canvas = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
-    for (i, (img, _)) in items.iter().enumerate() {
-        let thumb = fit(img, cell);
+    for (i, thumb) in thumbs.iter().enumerate() {
         let (x0, y0) = ((i % columns) as u32 * cw + pad, (i / columns) as u32 * ch + pad);
-        let (ox, oy) = ((cell - thumb.width()) / 2, (cell - thumb.height()) / 2);
-        image::imageops::overlay(&mut canvas, &thumb, (x0 + ox) as i64, (y0 + oy) as i64);
+        let (ox, oy) = ((cell - thumb.width()) / 2, (cell_h - thumb.height()) / 2);
+        image::imageops::overlay(&mut canvas, thumb, (x0 + ox) as i64, (y0 + oy) as i64);
     }
     let mut buf = canvas.into_raw();
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         for (i, (_, label)) in items.iter().enumerate() {
-            let (x0, y0) = ((i % columns) as u32 * cw + pad, (i / columns) as u32 * ch + pad + cell + 4);
+            let (x0, y0) = ((i % columns) as u32 * cw + pad, (i / columns) as u32 * ch + pad + cell_h + 4);
             let size = if label.len() > 2 * cell as usize / 9 { 11 } else { 14 };
             let max_chars = (cell as usize * 2) / size as usize;
             for (line, text) in wrap(label, max_chars).iter().take(2).enumerate() {

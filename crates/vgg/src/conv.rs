@@ -123,6 +123,7 @@ impl Conv3x3 {
                 Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             None => {
+                let _tf32 = Tf32::enable(x.device());
                 let y = x.conv2d(&self.weight, 1, 1, 1, 1)?;
                 let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
                 Ok(if relu { y.relu()? } else { y })
@@ -156,6 +157,7 @@ impl Conv3x3 {
                         self.weight_grad_input.get_or_init(|| w).clone()
                     }
                 };
+                let _tf32 = Tf32::enable(g.device());
                 Ok(g.conv2d(&wt, 1, 1, 1, 1)?)
             }
         }
@@ -165,6 +167,35 @@ impl Conv3x3 {
 impl Module for Conv3x3 {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.forward_with(x, false).map_err(candle_core::Error::wrap)
+    }
+}
+
+/// While alive, candle's float32 matrix products on a CUDA device may use TF32 tensor cores: only
+/// around the convolutions (their im2col product), as PyTorch's default
+/// `torch.backends.cudnn.allow_tf32 = True` does for its convolutions; every other product
+/// (Gram matrices, L-BFGS dot products) stays in full float32. `NST_CUDA_FP32=1` turns it off.
+struct Tf32 {
+    previous: Option<bool>,
+}
+
+impl Tf32 {
+    fn enable(device: &candle_core::Device) -> Self {
+        static OFF: OnceLock<bool> = OnceLock::new();
+        let off = *OFF.get_or_init(|| std::env::var_os("NST_CUDA_FP32").is_some_and(|v| v == "1"));
+        if !device.is_cuda() || off {
+            return Self { previous: None };
+        }
+        let previous = candle_core::cuda::gemm_reduced_precision_f32();
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        Self { previous: Some(previous) }
+    }
+}
+
+impl Drop for Tf32 {
+    fn drop(&mut self) {
+        if let Some(p) = self.previous {
+            candle_core::cuda::set_gemm_reduced_precision_f32(p);
+        }
     }
 }
 

@@ -1,10 +1,157 @@
-//! `runner report`: docs/ablations.md and its figures, from the ablation experiments' results.
+//! `runner report`: `docs/ablations.md` and its figures from the ablation experiments' results.
+//!
+//! The prose lives in `docs/ablations.template.md`; this fills its placeholders from the results:
+//! `{{meta EXP}}` (size, iterations, runs, time), `{{grid EXP}}` (a contact sheet, written to
+//! `docs/ablations/EXP.png`), `{{curves EXP}}` (`docs/ablations/EXP_curves.png`), `{{table EXP}}`
+//! (final losses, iterations, evaluations, seconds) and `{{total}}` (the time of everything).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::Result;
+use crate::output::{contact_sheet, plot_log, Series};
+use crate::{Error, Result};
 
-/// Builds the report (filled in by the ablations issue).
-pub fn build(_results: &Path, _docs: &Path) -> Result<()> {
-    Err(crate::Error::Run("not implemented yet".into()))
+/// The ablation experiments, in the order of the report.
+pub const ABLATIONS: [&str; 6] = ["style_transfer", "content_recon", "style_recon", "init", "content_layer", "ratio"];
+
+/// Long side of each image in the committed contact sheets: about 300 KB per sheet.
+const SHEET_CELL: u32 = 192;
+
+struct RunRow {
+    name: String,
+    label: String,
+    status: String,
+    total: String,
+    content: String,
+    style: String,
+    iterations: String,
+    evals: String,
+    seconds: f64,
+    s_per_eval: String,
+    device: String,
+    size: (u32, u32),
+    curve: Vec<(f64, f64)>,
+}
+
+fn read_experiment(results: &Path, exp: &str) -> Result<Vec<RunRow>> {
+    let dir = results.join(exp);
+    let path = dir.join("summary.csv");
+    let mut r = csv::Reader::from_path(&path).map_err(|e| Error::Run(format!(
+        "{}: {e}; run scripts/ablations.sh (or runner experiments/{exp}.toml) first",
+        path.display()
+    )))?;
+    let headers = r.headers().map_err(|e| Error::Run(format!("{}: {e}", path.display())))?.clone();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let mut rows = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| Error::Run(format!("{}: {e}", path.display())))?;
+        let get = |name: &str| col(name).and_then(|i| rec.get(i)).unwrap_or("").to_string();
+        let name = get("name");
+        let run_dir = dir.join(&name);
+        let record: toml::Table = std::fs::read_to_string(run_dir.join("run.toml"))
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default();
+        let int = |k: &str| record.get(k).and_then(|v| v.as_integer()).unwrap_or(0) as u32;
+        let curve = csv::Reader::from_path(run_dir.join("losses.csv"))
+            .map(|mut c| {
+                c.records()
+                    .filter_map(|x| x.ok())
+                    .filter_map(|x| Some((x.get(0)?.parse().ok()?, x.get(3)?.parse().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.push(RunRow {
+            label: record.get("label").and_then(|v| v.as_str()).unwrap_or(&name).to_string(),
+            status: get("status"),
+            total: get("final_total"),
+            content: get("final_content"),
+            style: get("final_style"),
+            iterations: get("iterations"),
+            evals: get("evals"),
+            seconds: get("seconds").parse().unwrap_or(0.0),
+            s_per_eval: get("s_per_eval"),
+            device: get("device"),
+            size: (int("width"), int("height")),
+            curve,
+            name,
+        });
+    }
+    if rows.is_empty() {
+        return Err(Error::Run(format!("{}: no runs", path.display())));
+    }
+    Ok(rows)
+}
+
+fn minutes(s: f64) -> String {
+    if s >= 90.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{s:.0} s")
+    }
+}
+
+fn table(rows: &[RunRow]) -> String {
+    let mut t = String::from(
+        "| run | status | final total | final content | final style | iterations | evaluations | seconds | s/eval |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        t += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+            r.label, r.status, r.total, r.content, r.style, r.iterations, r.evals, r.seconds, r.s_per_eval
+        );
+    }
+    t
+}
+
+/// Builds `docs/ablations.md` and `docs/ablations/*.png` from `results/`.
+pub fn build(results: &Path, docs: &Path) -> Result<()> {
+    let template_path = docs.join("ablations.template.md");
+    let template = std::fs::read_to_string(&template_path).map_err(Error::io(&template_path))?;
+    let fig_dir: PathBuf = docs.join("ablations");
+    let mut out = template.clone();
+    let mut total_seconds = 0.0;
+    let mut missing = Vec::new();
+    for exp in ABLATIONS {
+        let rows = match read_experiment(results, exp) {
+            Ok(r) => r,
+            Err(e) => {
+                missing.push(e.to_string());
+                continue;
+            }
+        };
+        let seconds: f64 = rows.iter().map(|r| r.seconds).sum();
+        total_seconds += seconds;
+        let items: Vec<(image::RgbImage, String)> = rows
+            .iter()
+            .filter_map(|r| {
+                let img = vgg::imageio::load_rgb(&results.join(exp).join(&r.name).join("output.png")).ok()?;
+                Some((img, r.label.clone()))
+            })
+            .collect();
+        let n = items.len();
+        let columns = if n <= 5 { n } else { n.div_ceil(2) };
+        contact_sheet(&fig_dir.join(format!("{exp}.png")), &items, columns.max(1), SHEET_CELL)?;
+        let series: Vec<Series> =
+            rows.iter().map(|r| Series { name: r.label.clone(), points: r.curve.clone() }).collect();
+        plot_log(&fig_dir.join(format!("{exp}_curves.png")), &format!("{exp}: total loss"), "iteration", &series, (720, 420))?;
+        let (w, h) = rows[0].size;
+        let meta = format!(
+            "{} runs at {w}×{h} px, {} iterations each, {} of optimisation in all on {}.",
+            rows.len(),
+            rows[0].iterations,
+            minutes(seconds),
+            rows[0].device
+        );
+        out = out
+            .replace(&format!("{{{{meta {exp}}}}}"), &meta)
+            .replace(&format!("{{{{grid {exp}}}}}"), &format!("![{exp}: final images](ablations/{exp}.png)"))
+            .replace(&format!("{{{{curves {exp}}}}}"), &format!("![{exp}: loss curves](ablations/{exp}_curves.png)"))
+            .replace(&format!("{{{{table {exp}}}}}"), &table(&rows));
+    }
+    if !missing.is_empty() {
+        return Err(Error::Run(format!("missing results:\n  {}", missing.join("\n  "))));
+    }
+    out = out.replace("{{total}}", &minutes(total_seconds));
+    let header = "<!-- Generated by `runner report` from results/ and docs/ablations.template.md: edit the template. -->\n";
+    crate::assets::write_atomic(&docs.join("ablations.md"), format!("{header}{out}").as_bytes())
 }

@@ -73,7 +73,7 @@ fn a_tiny_experiment_writes_every_output_and_resumes() {
     let rows: Vec<csv::StringRecord> = summary.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| &r[2] == "ok" && r[3].parse::<f64>().unwrap() > 0.0));
-    assert_eq!(image::open(exp.join("grid.png")).unwrap().width() > 128, true);
+    assert!(image::open(exp.join("grid.png")).unwrap().width() > 128);
     image::open(exp.join("curves.png")).unwrap();
     // A second invocation skips complete runs and leaves their outputs untouched.
     let before = std::fs::metadata(exp.join("seed=0/output.png")).unwrap().modified().unwrap();
@@ -156,4 +156,48 @@ fn dry_run_prints_the_resolved_plan_and_runs_nothing() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("tiny (2 runs)") && out.contains("name = \"seed=1\"") && out.contains("size = 96"), "{out}");
     assert!(!dir.path().join("res").exists());
+}
+
+#[test]
+fn report_fills_the_template_from_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path(), &TINY.replace("iterations = 4", "iterations = 2").replace("save_every = 2", "save_every = 0"));
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("ablations.template.md"), "Total {{total}}.\n{{meta init}}\n{{grid init}}\n{{table init}}\n").unwrap();
+    // Missing experiments are named.
+    let o = runner(&["report", "--results", "res", "--docs", "docs"], dir.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("style_transfer") && stderr(&o).contains("scripts/ablations.sh"), "{}", stderr(&o));
+    for exp in runner::report::ablations::ABLATIONS {
+        let to = dir.path().join("res").join(exp);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in walk(&dir.path().join("res/tiny")) {
+            let rel = entry.strip_prefix(dir.path().join("res/tiny")).unwrap();
+            std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+            std::fs::copy(&entry, to.join(rel)).unwrap();
+        }
+    }
+    let o = runner(&["report", "--results", "res", "--docs", "docs"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(docs.join("ablations.md")).unwrap();
+    assert!(md.contains("2 runs at 64×48 px, 2 iterations each") && md.contains("| seed=1 | ok |"), "{md}");
+    assert!(md.contains("![init: final images](ablations/init.png)") && !md.contains("{{"), "{md}");
+    image::open(docs.join("ablations/init.png")).unwrap();
+    image::open(docs.join("ablations/ratio_curves.png")).unwrap();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

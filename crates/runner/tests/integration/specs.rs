@@ -81,10 +81,12 @@ fn explicit_runs_with_their_own_sweeps() {
 
 #[test]
 fn resolved_parameters_round_trip_through_run_toml() {
-    let mut p = RunParams::default();
-    p.style_layer_weights = Some(vec![1.0, 2.0, 3.0, 4.0, 5.0]);
-    p.init = Init::Image("x.png".into());
-    p.max_evals = Some(7);
+    let mut p = RunParams {
+        style_layer_weights: Some(vec![1.0, 2.0, 3.0, 4.0, 5.0]),
+        init: Init::Image("x.png".into()),
+        max_evals: Some(7),
+        ..Default::default()
+    };
     let t = to_table(&p);
     let mut back = from_table(&t, "run.toml").unwrap();
     back.learning_rate = None;
