@@ -111,10 +111,13 @@ impl Conv3x3 {
     pub fn forward_with(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         match self.variant(x) {
             Some(v) => {
-                let bias = self
-                    .cpu_bias
-                    .get_or_init(|| Arc::new(self.bias.to_vec1::<f32>().unwrap_or_default()))
-                    .clone();
+                let bias = match self.cpu_bias.get() {
+                    Some(b) => b.clone(),
+                    None => {
+                        let b = Arc::new(self.bias.to_vec1::<f32>()?);
+                        self.cpu_bias.get_or_init(|| b).clone()
+                    }
+                };
                 let op = WinogradOp {
                     kernel: self.kernel(v, false)?,
                     bias: Some(bias),

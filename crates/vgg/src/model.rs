@@ -30,6 +30,7 @@ pub struct Tape {
     relu: Vec<Tensor>,
     pool: Vec<Tensor>,
     input_dims: Vec<usize>,
+    device: candle_core::Device,
 }
 
 /// VGG19 up to `conv5_4`, with named-layer extraction and the input gradient.
@@ -78,7 +79,7 @@ impl Vgg19 {
     /// Like [`Vgg19::features`], also returning the [`Tape`] that [`Vgg19::backward`] needs.
     pub fn forward_tape(&self, x: &Tensor, layers: &[Layer]) -> Result<(Features, Tape)> {
         let (f, t) = self.run(x, layers, true)?;
-        Ok((f, t.unwrap_or(Tape { relu: vec![], pool: vec![], input_dims: x.dims().to_vec() })))
+        Ok((f, t.unwrap_or(Tape { relu: vec![], pool: vec![], input_dims: x.dims().to_vec(), device: x.device().clone() })))
     }
 
     fn run(&self, x: &Tensor, layers: &[Layer], tape: bool) -> Result<(Features, Option<Tape>)> {
@@ -96,7 +97,7 @@ impl Vgg19 {
                 "an image of {w}×{h} is too small to reach {deepest} (needs at least {min_side}×{min_side})"
             )));
         }
-        let mut t = Tape { relu: vec![], pool: vec![], input_dims: x.dims().to_vec() };
+        let mut t = Tape { relu: vec![], pool: vec![], input_dims: x.dims().to_vec(), device: x.device().clone() };
         let mut cur = x.to_dtype(DType::F32)?;
         for c in ConvId::all() {
             let conv = self.conv(c);
@@ -148,7 +149,7 @@ impl Vgg19 {
     /// is computed (the weights are frozen).
     pub fn backward(&self, tape: &Tape, grads: &BTreeMap<Layer, Tensor>) -> Result<Tensor> {
         let Some(deepest) = grads.keys().max().copied() else {
-            return Ok(Tensor::zeros(tape.input_dims.as_slice(), DType::F32, &candle_core::Device::Cpu)?);
+            return Ok(Tensor::zeros(tape.input_dims.as_slice(), DType::F32, &tape.device)?);
         };
         let last = deepest.conv();
         if tape.relu.len() <= last.ordinal() {

@@ -201,3 +201,46 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn ctrl_c_keeps_finished_runs_and_the_next_invocation_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+        name = "interrupted"
+        [defaults]
+        content = "CONTENT"
+        style = "STYLE"
+        [[run]]
+        name = "short"
+        iterations = 2
+        [[run]]
+        name = "long"
+        iterations = 100000
+    "#;
+    let s = spec(dir.path(), body);
+    weights_path();
+    let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([s.to_str().unwrap(), "--out", "res"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let done = dir.path().join("res/interrupted/short/run.toml");
+    let t0 = std::time::Instant::now();
+    while !done.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "the short run never finished");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // the long run is under way
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = std::fs::read_to_string(dir.path().join("res/interrupted/summary.csv")).unwrap();
+    assert!(summary.lines().any(|l| l.starts_with("short") && l.contains(",ok,")), "{summary}");
+    assert!(summary.lines().any(|l| l.starts_with("long") && l.contains("interrupted")), "{summary}");
+    assert!(!dir.path().join("res/interrupted/long/run.toml").exists());
+    // The next invocation skips the finished run.
+    let o = runner(&[s.to_str().unwrap(), "--out", "res", "--only", "short"], dir.path());
+    assert!(o.status.success() && stderr(&o).contains("skipped  short"), "{}", stderr(&o));
+}

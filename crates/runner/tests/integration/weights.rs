@@ -92,3 +92,78 @@ fn images_come_from_the_mirror_by_name_and_hash() {
     let e = assets.image("starry_nite").unwrap_err().to_string();
     assert!(e.contains("did you mean `starry_night`"), "{e}");
 }
+
+/// A zip-format `torch.save` of a state dict, written the way torch lays it out
+/// (`archive/data.pkl` with persistent ids, `archive/data/<key>` raw little-endian storages).
+fn torch_zip(path: &std::path::Path, tensors: &[(String, candle_core::Tensor)]) {
+    use std::io::Write;
+    let mut p: Vec<u8> = vec![0x80, 0x02];
+    let s = |p: &mut Vec<u8>, t: &str| {
+        p.push(b'X');
+        p.extend((t.len() as u32).to_le_bytes());
+        p.extend(t.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, v: usize| {
+        p.push(b'J');
+        p.extend((v as i32).to_le_bytes());
+    };
+    p.extend(b"ccollections\nOrderedDict\n)R(");
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        s(&mut p, name);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        s(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        s(&mut p, &i.to_string());
+        s(&mut p, "cpu");
+        int(&mut p, t.elem_count());
+        p.extend(b"tQ");
+        int(&mut p, 0);
+        p.push(b'(');
+        for d in t.dims() {
+            int(&mut p, *d);
+        }
+        p.push(b't');
+        p.push(b'(');
+        for st in t.stride() {
+            int(&mut p, *st);
+        }
+        p.extend(b"t\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend(b"u.");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    z.start_file("archive/data.pkl", opts).unwrap();
+    z.write_all(&p).unwrap();
+    for (i, (_, t)) in tensors.iter().enumerate() {
+        z.start_file(format!("archive/data/{i}"), opts).unwrap();
+        let bytes: Vec<u8> = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+        z.write_all(&bytes).unwrap();
+    }
+    z.start_file("archive/version", opts).unwrap();
+    z.write_all(b"3\n").unwrap();
+    z.finish().unwrap();
+}
+
+#[test]
+fn torchvision_state_dicts_load_by_module_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("vgg19.pth");
+    let mut tensors = Vec::new();
+    for (c, w) in vgg::ConvId::all().zip(weights().convs()) {
+        let i = vgg::weights::torchvision_index(c);
+        tensors.push((format!("features.{i}.weight"), w.weight.clone()));
+        tensors.push((format!("features.{i}.bias"), w.bias.clone()));
+    }
+    torch_zip(&p, &tensors);
+    assert_eq!(WeightsFormat::detect(&p).unwrap(), WeightsFormat::Torchvision);
+    let back = VggWeights::load(&p, WeightsFormat::Torchvision, &Device::Cpu).unwrap();
+    assert_eq!(back.preprocessing(), vgg::Preprocessing::Torchvision);
+    for (a, b) in weights().convs().iter().zip(back.convs()) {
+        assert_eq!(rel_err(&b.weight, &a.weight), 0.0);
+        assert_eq!(rel_err(&b.bias, &a.bias), 0.0);
+    }
+    // One module missing: refused by its name.
+    torch_zip(&p, &tensors[..tensors.len() - 1]);
+    let e = VggWeights::load(&p, WeightsFormat::Torchvision, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("features.34.bias") && e.contains("vgg19.pth"), "{e}");
+}
