@@ -28,6 +28,11 @@ pub struct BenchConfig {
     pub algorithm: ConvAlgorithm,
 }
 
+fn objective_layers(o: &Objective<'_>) -> Vec<Layer> {
+    let c = o.config();
+    c.content_layers.iter().chain(&c.style_layers).copied().collect()
+}
+
 /// Runs the benchmark and returns the JSON line.
 pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
     let device = resolve_device(c.device)?;
@@ -65,6 +70,18 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
+    // The forward pass alone (to relu5_1, keeping what the backward pass needs), for the split.
+    let layers: Vec<Layer> = objective_layers(&objective);
+    let mut fwd = Vec::with_capacity(c.evals);
+    for _ in 0..c.evals {
+        device.synchronize()?;
+        let t = Instant::now();
+        let (f, _tape) = net.forward_tape(&content, &layers)?;
+        drop(f);
+        device.synchronize()?;
+        fwd.push(t.elapsed().as_secs_f64());
+    }
+    fwd.sort_by(|a, b| a.total_cmp(b));
     let json = serde_json::json!({
         "impl": format!("gatys-rs {} ({:?})", env!("CARGO_PKG_VERSION"), c.algorithm),
         "device": device_name(&device),
@@ -74,6 +91,7 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
         "evals": c.evals,
         "s_per_eval_median": median,
         "s_per_eval_min": times[0],
+        "s_forward_median": fwd[fwd.len() / 2],
         "peak_rss_mib": peak_rss_mib().map(|m| (m * 10.0).round() / 10.0),
         "peak_gpu_mib": serde_json::Value::Null,
         "winograd_kernels_mib": (net.transformed_bytes() as f64 / 1048576.0).round(),
