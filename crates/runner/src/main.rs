@@ -108,6 +108,12 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // cuDNN and cuBLAS use TF32 for float32 on Ampere and later unless told otherwise; full
+    // float32 is the default here (see vgg's `tf32_requested`), TF32 only on NST_CUDA_TF32=1.
+    // Set before any CUDA library is loaded, while the process has a single thread.
+    if !vgg::tf32_requested() && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
+        std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
+    }
     let assets = Assets::from_env();
     match cli.command {
         Some(Command::Bench(b)) => {

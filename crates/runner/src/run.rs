@@ -450,7 +450,8 @@ fn write_losses(path: &Path, p: &RunParams, rows: &[(usize, usize, f64, Terms)])
 }
 
 fn e(v: f64) -> String {
-    format!("{v:.6e}")
+    // `+ 0.0` turns −0 into 0.
+    format!("{:.6e}", v + 0.0)
 }
 
 /// Resets the kernel's peak-RSS counter of this process (Linux), so each run reports its own.

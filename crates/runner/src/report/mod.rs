@@ -191,7 +191,7 @@ pub fn write_experiment_outputs(exp_dir: &Path, exp: &Experiment, runs: &[RunSum
                 Status::Failed(reason) => reason.replace('\n', " "),
             });
             let ft = s.final_terms.as_ref();
-            let num = |v: Option<f64>| v.map(|x| format!("{x:.6e}")).unwrap_or_default();
+            let num = |v: Option<f64>| v.map(|x| format!("{:.6e}", x + 0.0)).unwrap_or_default();
             r.push(num(ft.map(|t| t.total)));
             r.push(num(ft.map(|t| t.content)));
             r.push(num(ft.map(|t| t.style)));
