@@ -75,8 +75,9 @@ impl FromStr for LossForm {
     type Err = crate::Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        LossForm::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            crate::Error::Config(format!("unknown loss form `{s}` (valid: seed, paper, jcjohnson)"))
-        })
+        LossForm::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| crate::Error::Config(format!("unknown loss form `{s}` (valid: seed, paper, jcjohnson)")))
     }
 }

@@ -91,7 +91,8 @@ impl Targets {
             let total: f64 = styles.iter().map(|s| s.weight).sum();
             if styles.is_empty() || total <= 0.0 || styles.iter().any(|s| s.weight < 0.0) {
                 return Err(Error::Config(
-                    "style layers need at least one style image, with non-negative weights summing to more than 0".into(),
+                    "style layers need at least one style image, with non-negative weights summing to more than 0"
+                        .into(),
                 ));
             }
             for s in styles {
@@ -118,10 +119,7 @@ impl Targets {
     /// The style Gram matrix of `layer` for a generated image whose layer has `positions`
     /// positions: `(N, N)`.
     pub fn style_gram(&self, layer: Layer, positions: usize) -> Result<Tensor> {
-        let a = self
-            .style
-            .get(&layer)
-            .ok_or_else(|| Error::Config(format!("no style target for {layer}")))?;
+        let a = self.style.get(&layer).ok_or_else(|| Error::Config(format!("no style target for {layer}")))?;
         Ok((a * positions as f64)?)
     }
 }
@@ -254,7 +252,8 @@ impl<'a> Objective<'a> {
         };
         let nc = c.content_layers.len();
         let ns = c.style_layers.len();
-        let content_layers: Vec<(Layer, f64)> = c.content_layers.iter().copied().zip(host[..nc].iter().copied()).collect();
+        let content_layers: Vec<(Layer, f64)> =
+            c.content_layers.iter().copied().zip(host[..nc].iter().copied()).collect();
         let style_layers: Vec<(Layer, f64)> =
             c.style_layers.iter().copied().zip(host[nc..nc + ns].iter().copied()).collect();
         let tv = host.get(nc + ns).copied().unwrap_or(0.0);

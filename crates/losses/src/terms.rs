@@ -84,10 +84,7 @@ mod tests {
             let numeric = (plus - minus) / (2.0 * eps);
             let analytic = (&grad * &v).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
             let scale = numeric.abs().max(analytic.abs()).max(1e-6);
-            assert!(
-                (numeric - analytic).abs() / scale < 2e-3,
-                "numeric {numeric} vs analytic {analytic}"
-            );
+            assert!((numeric - analytic).abs() / scale < 2e-3, "numeric {numeric} vs analytic {analytic}");
         }
     }
 

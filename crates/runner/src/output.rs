@@ -53,7 +53,8 @@ pub fn plot_log(path: &Path, title: &str, x_label: &str, series: &[Series], size
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw_log(&root, title, x_label, series).map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
+        draw_log(&root, title, x_label, series)
+            .map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
         root.present().map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
     }
     let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Run("plot buffer".into()))?;

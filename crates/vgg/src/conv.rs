@@ -118,11 +118,7 @@ impl Conv3x3 {
                         self.cpu_bias.get_or_init(|| b).clone()
                     }
                 };
-                let op = WinogradOp {
-                    kernel: self.kernel(v, false)?,
-                    bias: Some(bias),
-                    relu,
-                };
+                let op = WinogradOp { kernel: self.kernel(v, false)?, bias: Some(bias), relu };
                 Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             None => {
@@ -238,9 +234,7 @@ struct WinogradOp {
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("winograd conv: {what} must be f32, got another type")
-    };
+    let CpuStorage::F32(v) = s else { candle_core::bail!("winograd conv: {what} must be f32, got another type") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("winograd conv: {what} must be contiguous"),

@@ -30,9 +30,7 @@ impl Preprocessing {
     fn affine(self, c: usize) -> (usize, f32, f32) {
         match self {
             Preprocessing::Caffe => (2 - c, 1.0, -CAFFE_MEAN_BGR[c]),
-            Preprocessing::Torchvision => {
-                (c, 1.0 / (255.0 * TV_STD[c]), -TV_MEAN[c] / TV_STD[c])
-            }
+            Preprocessing::Torchvision => (c, 1.0 / (255.0 * TV_STD[c]), -TV_MEAN[c] / TV_STD[c]),
         }
     }
 
@@ -77,8 +75,7 @@ impl Preprocessing {
                 raw[3 * i + dst] = p.round().clamp(0.0, 255.0) as u8;
             }
         }
-        RgbImage::from_raw(w as u32, h as u32, raw)
-            .ok_or_else(|| Error::Shape("image buffer of the wrong size".into()))
+        RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| Error::Shape("image buffer of the wrong size".into()))
     }
 }
 

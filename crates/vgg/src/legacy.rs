@@ -13,8 +13,7 @@ use std::io::{BufRead, Cursor, Read};
 use candle_core::pickle::{Object, Stack};
 
 /// Bytes of the first pickle: `PROTO 2, LONG1 10 bytes <0x1950a86a20f9469cfc6c>, STOP`.
-const MAGIC: [u8; 15] =
-    [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
+const MAGIC: [u8; 15] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, b'.'];
 
 /// Element types of the storages this reader understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +70,9 @@ pub(crate) fn read_legacy(bytes: &[u8]) -> Result<HashMap<String, RawTensor>, St
     }
     let sys_info = pickle(&mut r, "system information")?;
     if let Object::Dict(entries) = &sys_info {
-        let big_endian = entries.iter().any(|(k, v)| {
-            matches!(k, Object::Unicode(s) if s == "little_endian") && *v == Object::Bool(false)
-        });
+        let big_endian = entries
+            .iter()
+            .any(|(k, v)| matches!(k, Object::Unicode(s) if s == "little_endian") && *v == Object::Bool(false));
         if big_endian {
             return Err("big-endian torch.save files are not supported".into());
         }
@@ -105,16 +104,13 @@ pub(crate) fn read_legacy(bytes: &[u8]) -> Result<HashMap<String, RawTensor>, St
         };
         let size = dtypes.get(key.as_str()).map(|d| d.size()).unwrap_or(1);
         let mut count = [0u8; 8];
-        r.read_exact(&mut count)
-            .map_err(|_| format!("truncated: the header of storage `{key}` is missing"))?;
+        r.read_exact(&mut count).map_err(|_| format!("truncated: the header of storage `{key}` is missing"))?;
         let count = u64::from_le_bytes(count) as usize;
         let len = count.checked_mul(size).ok_or_else(|| format!("storage `{key}` is too large"))?;
         let start = r.position() as usize;
         let rest = r.get_ref().len() - start;
         if len > rest {
-            return Err(format!(
-                "truncated: storage `{key}` needs {len} bytes, only {rest} are left in the file"
-            ));
+            return Err(format!("truncated: storage `{key}` needs {len} bytes, only {rest} are left in the file"));
         }
         storages.insert(key, r.get_ref()[start..start + len].to_vec());
         r.set_position((start + len) as u64);
@@ -200,10 +196,7 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
         max_index += d.saturating_sub(1) * s;
     }
     if numel > 0 && (max_index + 1) * size > storage.len() {
-        return Err(format!(
-            "view reaches element {max_index} of a storage of {} elements",
-            storage.len() / size
-        ));
+        return Err(format!("view reaches element {max_index} of a storage of {} elements", storage.len() / size));
     }
     let mut index = vec![0usize; t.shape.len()];
     let mut offsets = Vec::with_capacity(numel);
@@ -223,24 +216,15 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
         RawDType::U8 => RawTensor::U8 { shape, data: offsets.iter().map(|&o| storage[o]).collect() },
         RawDType::F32 => RawTensor::F32 {
             shape,
-            data: offsets
-                .iter()
-                .map(|&o| f32::from_le_bytes(bytes(o).try_into().unwrap_or([0; 4])))
-                .collect(),
+            data: offsets.iter().map(|&o| f32::from_le_bytes(bytes(o).try_into().unwrap_or([0; 4]))).collect(),
         },
         RawDType::F64 => RawTensor::F32 {
             shape,
-            data: offsets
-                .iter()
-                .map(|&o| f64::from_le_bytes(bytes(o).try_into().unwrap_or([0; 8])) as f32)
-                .collect(),
+            data: offsets.iter().map(|&o| f64::from_le_bytes(bytes(o).try_into().unwrap_or([0; 8])) as f32).collect(),
         },
         RawDType::I64 => RawTensor::F32 {
             shape,
-            data: offsets
-                .iter()
-                .map(|&o| i64::from_le_bytes(bytes(o).try_into().unwrap_or([0; 8])) as f32)
-                .collect(),
+            data: offsets.iter().map(|&o| i64::from_le_bytes(bytes(o).try_into().unwrap_or([0; 8])) as f32).collect(),
         },
     })
 }
@@ -261,10 +245,9 @@ mod tests {
             f.extend(t.as_bytes());
         };
         f.extend([0x80, 0x02, b'}', b'(']);
-        for (name, class, key, size, shape, stride) in [
-            ("w", "FloatStorage", "k0", 6u8, [3u8, 2], [1u8, 3]),
-            ("q", "ByteStorage", "k1", 4u8, [2, 2], [2, 1]),
-        ] {
+        for (name, class, key, size, shape, stride) in
+            [("w", "FloatStorage", "k0", 6u8, [3u8, 2], [1u8, 3]), ("q", "ByteStorage", "k1", 4u8, [2, 2], [2, 1])]
+        {
             s(&mut f, name);
             f.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
             f.push(b'(');
@@ -293,10 +276,7 @@ mod tests {
     #[test]
     fn reads_strided_float_and_byte_tensors() {
         let t = read_legacy(&tiny_file()).unwrap();
-        assert_eq!(
-            t["w"],
-            RawTensor::F32 { shape: vec![3, 2], data: vec![0., 3., 1., 4., 2., 5.] }
-        );
+        assert_eq!(t["w"], RawTensor::F32 { shape: vec![3, 2], data: vec![0., 3., 1., 4., 2., 5.] });
         assert_eq!(t["q"], RawTensor::U8 { shape: vec![2, 2], data: vec![7, 8, 9, 10] });
     }
 

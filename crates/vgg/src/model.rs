@@ -79,7 +79,10 @@ impl Vgg19 {
     /// Like [`Vgg19::features`], also returning the [`Tape`] that [`Vgg19::backward`] needs.
     pub fn forward_tape(&self, x: &Tensor, layers: &[Layer]) -> Result<(Features, Tape)> {
         let (f, t) = self.run(x, layers, true)?;
-        Ok((f, t.unwrap_or(Tape { relu: vec![], pool: vec![], input_dims: x.dims().to_vec(), device: x.device().clone() })))
+        Ok((
+            f,
+            t.unwrap_or(Tape { relu: vec![], pool: vec![], input_dims: x.dims().to_vec(), device: x.device().clone() }),
+        ))
     }
 
     fn run(&self, x: &Tensor, layers: &[Layer], tape: bool) -> Result<(Features, Option<Tape>)> {

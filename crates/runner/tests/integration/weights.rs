@@ -21,13 +21,17 @@ fn truncated_or_corrupted_weights_give_clear_errors() {
         ("truncated in the header", bytes[..300].to_vec(), "cannot parse"),
         ("empty", vec![], "magic"),
         ("not a torch file", b"<html>404 Not Found</html>".to_vec(), "magic"),
-        ("corrupted pickle", {
-            let mut b = bytes.clone();
-            for x in &mut b[200..260] {
-                *x = 0xfe;
-            }
-            b
-        }, "weights file"),
+        (
+            "corrupted pickle",
+            {
+                let mut b = bytes.clone();
+                for x in &mut b[200..260] {
+                    *x = 0xfe;
+                }
+                b
+            },
+            "weights file",
+        ),
     ];
     for (what, data, expect) in cases {
         let p = dir.path().join("w.bin");
@@ -87,7 +91,10 @@ fn images_come_from_the_mirror_by_name_and_hash() {
         .image("scream")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("scream") && e.contains("sha256") && e.contains(&runner::assets::manifest()["scream"].sha256), "{e}");
+    assert!(
+        e.contains("scream") && e.contains("sha256") && e.contains(&runner::assets::manifest()["scream"].sha256),
+        "{e}"
+    );
     // Neither a name nor a file: the nearest name is suggested.
     let e = assets.image("starry_nite").unwrap_err().to_string();
     assert!(e.contains("did you mean `starry_night`"), "{e}");
@@ -136,7 +143,8 @@ fn torch_zip(path: &std::path::Path, tensors: &[(String, candle_core::Tensor)]) 
     z.write_all(&p).unwrap();
     for (i, (_, t)) in tensors.iter().enumerate() {
         z.start_file(format!("archive/data/{i}"), opts).unwrap();
-        let bytes: Vec<u8> = t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> =
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
         z.write_all(&bytes).unwrap();
     }
     z.start_file("archive/version", opts).unwrap();
