@@ -9,13 +9,22 @@ use plotters::prelude::*;
 use crate::assets::write_atomic;
 use crate::{Error, Result};
 
+/// Encodes an image as PNG, with the best compression and adaptive filtering (outputs are
+/// written once and committed or kept, so smaller files are worth the encoding time); `path` only
+/// names the file in the error.
+pub fn encode_png(img: &RgbImage, path: &Path) -> Result<Vec<u8>> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
+    let mut bytes = Vec::new();
+    PngEncoder::new_with_quality(&mut bytes, CompressionType::Best, FilterType::Adaptive)
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Run(format!("cannot encode {}: {e}", path.display())))?;
+    Ok(bytes)
+}
+
 /// Encodes an image as PNG and writes it atomically.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    image::DynamicImage::ImageRgb8(img.clone())
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| Error::Run(format!("cannot encode {}: {e}", path.display())))?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &encode_png(img, path)?)
 }
 
 /// Writes rows of strings as CSV, atomically.
@@ -109,8 +118,13 @@ where
 }
 
 /// A contact sheet: the images in a grid of `columns`, each scaled to fit `cell` pixels on its
-/// long side, with its label underneath.
+/// long side, with its label underneath; written as PNG to `path`.
 pub fn contact_sheet(path: &Path, items: &[(RgbImage, String)], columns: usize, cell: u32) -> Result<()> {
+    save_png(&render_contact_sheet(items, columns, cell)?, path)
+}
+
+/// The image of [`contact_sheet`], not written.
+pub fn render_contact_sheet(items: &[(RgbImage, String)], columns: usize, cell: u32) -> Result<RgbImage> {
     font();
     let columns = columns.clamp(1, items.len().max(1));
     let rows = items.len().div_ceil(columns).max(1);
@@ -140,13 +154,12 @@ pub fn contact_sheet(path: &Path, items: &[(RgbImage, String)], columns: usize, 
                     (x0 as i32, (y0 + line as u32 * (size + 2)) as i32),
                     ("sans-serif", size).into_font().color(&BLACK),
                 ))
-                .map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
+                .map_err(|e| Error::Run(format!("cannot draw a contact sheet label: {e}")))?;
             }
         }
-        root.present().map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
+        root.present().map_err(|e| Error::Run(format!("cannot draw a contact sheet: {e}")))?;
     }
-    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Run("sheet buffer".into()))?;
-    save_png(&img, path)
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Run("contact sheet buffer of the wrong size".into()))
 }
 
 fn fit(img: &RgbImage, cell: u32) -> RgbImage {

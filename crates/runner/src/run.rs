@@ -208,7 +208,10 @@ pub fn execute(
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         execute_inner(session, run, exp_dir, force, progress, &mut summary)
     }));
-    summary.peak_rss_mib = peak_rss_mib();
+    // A skipped run keeps the peak recorded when it ran, not this process's.
+    if !matches!(result, Ok(Ok(Status::Skipped))) {
+        summary.peak_rss_mib = peak_rss_mib();
+    }
     match result {
         Ok(Ok(status)) => summary.status = status,
         Ok(Err(e)) => summary.status = Status::Failed(e.to_string()),
@@ -258,6 +261,7 @@ fn execute_inner(
                 summary.evals = prev.evals;
                 summary.seconds = prev.seconds;
                 summary.device = prev.device;
+                summary.peak_rss_mib = prev.peak_rss_mib;
                 summary.curve = prev.curve;
                 return Ok(Status::Skipped);
             }

@@ -27,6 +27,8 @@ pub struct RunRecord {
     pub seconds: f64,
     /// Device used.
     pub device: String,
+    /// Peak resident memory of the process during the run, MiB, where it was recorded.
+    pub peak_rss_mib: Option<f64>,
     /// (iteration, total) from `losses.csv`.
     pub curve: Vec<(f64, f64)>,
 }
@@ -125,6 +127,7 @@ pub fn read_run_record(dir: &Path) -> Result<Option<RunRecord>> {
         evals: num("evals").unwrap_or(0.0) as usize,
         seconds: num("seconds").unwrap_or(0.0),
         device: t.get("device").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+        peak_rss_mib: num("peak_rss_mib"),
         curve: read_curve(&dir.join("losses.csv")),
     }))
 }

@@ -87,11 +87,14 @@ fn a_tiny_experiment_writes_every_output_and_resumes() {
     assert!(rows.iter().all(|r| &r[2] == "ok" && r[3].parse::<f64>().unwrap() > 0.0));
     assert!(image::open(exp.join("grid.png")).unwrap().width() > 128);
     image::open(exp.join("curves.png")).unwrap();
-    // A second invocation skips complete runs and leaves their outputs untouched.
+    // A second invocation skips complete runs and leaves their outputs untouched; the summary
+    // keeps what the runs measured (time, memory, losses), not what the skipping process did.
     let before = std::fs::metadata(exp.join("seed=0/output.png")).unwrap().modified().unwrap();
+    let summary_before = std::fs::read_to_string(exp.join("summary.csv")).unwrap();
     let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
     assert!(o.status.success() && stderr(&o).matches("skipped").count() == 2, "{}", stderr(&o));
     assert_eq!(std::fs::metadata(exp.join("seed=0/output.png")).unwrap().modified().unwrap(), before);
+    assert_eq!(std::fs::read_to_string(exp.join("summary.csv")).unwrap(), summary_before);
     // A changed parameter changes the identity: the run is done again.
     let o = runner(&[s.to_str().unwrap(), "--out", "res", "--iterations", "2", "--only", "seed=1"], dir.path());
     assert!(o.status.success() && stderr(&o).contains("ok       seed=1"), "{}", stderr(&o));
