@@ -58,6 +58,10 @@ fn try_trace(
     (values, iterates, x, None)
 }
 
+fn sci(v: &[f64]) -> Vec<String> {
+    v.iter().map(|x| format!("{x:.6e}")).collect()
+}
+
 /// The first evaluations of L-BFGS hinge on the curvature of a step of 1e-4 pixel levels, a
 /// difference of two nearly equal gradients: they amplify any float32 rounding of the gradient
 /// about 3000-fold. The equivalence with PyTorch is therefore checked with candle's direct
@@ -71,6 +75,7 @@ fn lbfgs_without_line_search_follows_torch() {
         let (got, _, x) = trace(alg, "x0", LossForm::Seed, LbfgsConfig::default(), want.len());
         let got = &got[..want.len()];
         let rels: Vec<String> = got.iter().zip(&want).map(|(a, b)| format!("{:.1e}", rel(*a, *b))).collect();
+        eprintln!("none, {alg:?}: first 5 evaluations {:?} (torch {:?})", sci(&got[..5]), sci(&want[..5]));
         eprintln!("none, {alg:?}: relative difference per evaluation {rels:?}");
         eprintln!(
             "none, {alg:?}: 30th evaluation {:.6e} vs torch {:.6e}; x after 30 steps {:.2e} from torch's",
@@ -98,6 +103,7 @@ fn lbfgs_with_strong_wolfe_follows_torch() {
     let (evals, got, _) = trace(ConvAlgorithm::Candle, "x0", LossForm::Seed, cfg, 30);
     let n = want.len().min(got.len()) - 1;
     let rels: Vec<String> = got.iter().zip(&want).map(|(a, b)| format!("{:.1e}", rel(*a, *b))).collect();
+    eprintln!("strong wolfe: first 5 iterates {:?} (torch {:?})", sci(&got[..5]), sci(&want[..5]));
     eprintln!("strong wolfe: relative difference per iterate {rels:?}");
     eprintln!(
         "strong wolfe: iterate {n}: {:.6e} vs torch {:.6e}, {} evaluations (torch: 60)",
