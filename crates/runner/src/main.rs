@@ -112,10 +112,11 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    // cuDNN and cuBLAS use TF32 for float32 on Ampere and later unless told otherwise; full
-    // float32 is the default here (see vgg's `tf32_requested`), TF32 only on NST_CUDA_TF32=1.
-    // Set before any CUDA library is loaded, while the process has a single thread.
-    if !vgg::tf32_requested() && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
+    // As in PyTorch, cuDNN's convolutions may use TF32 on Ampere and later (vgg's
+    // `tf32_enabled`); NST_CUDA_TF32=0 asks for full float32, which NVIDIA_TF32_OVERRIDE=0 also
+    // imposes on cuDNN and cuBLAS. Set before any CUDA library is loaded, while the process has a
+    // single thread.
+    if !vgg::tf32_enabled() && std::env::var_os("NVIDIA_TF32_OVERRIDE").is_none() {
         std::env::set_var("NVIDIA_TF32_OVERRIDE", "0");
     }
     let assets = Assets::from_env();

@@ -190,25 +190,24 @@ fn cudnn_algorithm() -> Option<candle_core::conv::CudnnFwdAlgo> {
     })
 }
 
-/// While alive, candle's float32 matrix products on a CUDA device may use TF32 tensor cores,
-/// when `NST_CUDA_TF32=1` asks for it: only around the convolutions (their im2col product), as
-/// PyTorch's `torch.backends.cudnn.allow_tf32 = True` does; Gram matrices and L-BFGS dot products
-/// stay in full float32. Off by default: TF32 rounds the input pixels to 10 bits of mantissa
-/// (about 0.1 of a pixel level), below which L-BFGS steps vanish; a style reconstruction from
-/// `conv1_1` alone never left its noise with it on an H200.
+/// While alive, candle's float32 matrix products on a CUDA device may use TF32 tensor cores
+/// (unless `NST_CUDA_TF32=0`): only around the convolutions (their im2col product), as PyTorch's
+/// default `torch.backends.cudnn.allow_tf32 = True` does; Gram matrices and L-BFGS dot products
+/// stay in full float32, as PyTorch's `torch.backends.cuda.matmul.allow_tf32 = False` keeps them.
 struct Tf32 {
     previous: Option<bool>,
 }
 
-/// Whether the user asked for TF32 convolutions on CUDA (`NST_CUDA_TF32=1`).
-pub fn tf32_requested() -> bool {
+/// Whether convolutions on CUDA may use TF32 (PyTorch's default, about 2x faster): yes unless
+/// the environment sets `NST_CUDA_TF32=0`.
+pub fn tf32_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("NST_CUDA_TF32").is_some_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var_os("NST_CUDA_TF32").is_none_or(|v| v != "0"))
 }
 
 impl Tf32 {
     fn enable(device: &candle_core::Device) -> Self {
-        if !device.is_cuda() || !tf32_requested() {
+        if !device.is_cuda() || !tf32_enabled() {
             return Self { previous: None };
         }
         let previous = candle_core::cuda::gemm_reduced_precision_f32();

@@ -20,7 +20,7 @@ mod model;
 pub mod weights;
 mod winograd;
 
-pub use conv::{tf32_requested, Conv3x3, ConvAlgorithm};
+pub use conv::{tf32_enabled, Conv3x3, ConvAlgorithm};
 pub use error::{Error, Result};
 pub use imageio::{Preprocessing, Resize};
 pub use layer::{ConvId, Layer};
