@@ -70,14 +70,7 @@ fn read_experiment(results: &Path, exp: &str) -> Result<Vec<RunRow>> {
         let record: toml::Table =
             std::fs::read_to_string(run_dir.join("run.toml")).ok().and_then(|t| t.parse().ok()).unwrap_or_default();
         let int = |k: &str| record.get(k).and_then(|v| v.as_integer()).unwrap_or(0) as u32;
-        let curve = csv::Reader::from_path(run_dir.join("losses.csv"))
-            .map(|mut c| {
-                c.records()
-                    .filter_map(|x| x.ok())
-                    .filter_map(|x| Some((x.get(0)?.parse().ok()?, x.get(3)?.parse().ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let curve = super::read_curve(&run_dir.join("losses.csv"));
         rows.push(RunRow {
             label: record.get("label").and_then(|v| v.as_str()).unwrap_or(&name).to_string(),
             status: get("status"),

@@ -132,7 +132,8 @@ pub fn read_run_record(dir: &Path) -> Result<Option<RunRecord>> {
     }))
 }
 
-fn read_curve(path: &Path) -> Vec<(f64, f64)> {
+/// (iteration, total) of every row of a run's `losses.csv`; empty when it cannot be read.
+pub(crate) fn read_curve(path: &Path) -> Vec<(f64, f64)> {
     let Ok(mut r) = csv::Reader::from_path(path) else { return vec![] };
     r.records()
         .filter_map(|rec| {
