@@ -86,6 +86,18 @@ pub fn list(key: &str) -> Vec<f64> {
         .collect()
 }
 
+/// `std · N(0, 1)` samples of the given shape from a generator seeded with `seed`: the same
+/// tensor on every run and machine (candle's CPU `randn` cannot be seeded).
+pub fn seeded_normal(seed: u64, std: f64, dims: &[usize]) -> Tensor {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> =
+        (0..n).map(|_| (std * Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng)) as f32).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).expect("tensor")
+}
+
 /// Max absolute error over max absolute reference value.
 pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.dims(), want.dims(), "shapes differ");
