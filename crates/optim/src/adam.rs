@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use crate::{Closure, Error, Optimizer, Result, StepReport};
+use crate::{Closure, Error, Optimizer, Result, StepReport, ValueAt};
 
 /// Adam settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,7 +68,7 @@ impl Optimizer for Adam {
         *x = (&*x - update)?;
         self.m = Some(m);
         self.v = Some(v);
-        Ok(StepReport { value, value_eval: eval, evals: 1, converged: false })
+        Ok(StepReport { value, value_at: ValueAt::Before, value_eval: eval, evals: 1, converged: false })
     }
 }
 

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
-use crate::{abs_max, abs_sum, axpy, dot, Closure, Error, Optimizer, Result, StepReport};
+use crate::{abs_max, abs_sum, axpy, dot, Closure, Error, Optimizer, Result, StepReport, ValueAt};
 
 /// The line search after each direction is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -36,6 +36,25 @@ pub enum LineSearch {
     /// Strong-Wolfe line search (c₁ = 1e-4, c₂ = 0.9, at most 25 evaluations), PyTorch's
     /// `line_search_fn="strong_wolfe"`.
     StrongWolfe,
+}
+
+impl LineSearch {
+    /// Every line search, for listing valid values.
+    pub const ALL: [LineSearch; 2] = [LineSearch::None, LineSearch::StrongWolfe];
+
+    /// The name used in specs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            LineSearch::None => "none",
+            LineSearch::StrongWolfe => "strong_wolfe",
+        }
+    }
+}
+
+impl std::fmt::Display for LineSearch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// L-BFGS settings; defaults are `torch.optim.LBFGS`'s, except the tolerances, which are off
@@ -157,6 +176,7 @@ impl Optimizer for Lbfgs {
         };
         let report = |value: f64, value_eval: usize, evals: usize, converged: bool| StepReport {
             value,
+            value_at: ValueAt::After,
             value_eval,
             evals,
             converged,

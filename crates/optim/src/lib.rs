@@ -30,7 +30,7 @@ pub enum Error {
         value: f64,
     },
     /// The objective closure failed.
-    #[error("the objective failed: {0}")]
+    #[error("the objective failed")]
     Objective(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// An error of the tensor library.
     #[error(transparent)]
@@ -43,12 +43,25 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The objective: value and gradient (same shape and device as the point) at a point.
 pub type Closure<'a> = dyn FnMut(&Tensor) -> Result<(f64, Tensor)> + 'a;
 
-/// What one optimizer step did.
+/// Which iterate a step's reported value belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueAt {
+    /// The point before this step's update (Adam: the value comes with the gradient it uses).
+    Before,
+    /// The point after this step (L-BFGS: the value of the new iterate; an iterate that did not
+    /// move when the step converged).
+    After,
+}
+
+/// What one optimizer step did. With steps counted from 1, step `k` reports the value of
+/// iterate `k` (`ValueAt::After`) or `k − 1` (`ValueAt::Before`), iterate 0 being the start:
+/// [`StepReport::iterate`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepReport {
-    /// The objective's value at the iterate this step reports: the new point for L-BFGS, the
-    /// point the gradient was taken at for Adam.
+    /// The objective's value at the iterate this step reports.
     pub value: f64,
+    /// Which iterate that is, relative to this step.
+    pub value_at: ValueAt,
     /// Global index (0-based, over the optimizer's life) of the evaluation that produced `value`.
     pub value_eval: usize,
     /// Evaluations made by this step.
@@ -56,6 +69,16 @@ pub struct StepReport {
     /// The optimizer's own stopping test fired (gradient or change below tolerance): further
     /// steps would not move.
     pub converged: bool,
+}
+
+impl StepReport {
+    /// The index of the iterate whose value this report gives, for the `step`-th step (from 1).
+    pub fn iterate(&self, step: usize) -> usize {
+        match self.value_at {
+            ValueAt::Before => step.saturating_sub(1),
+            ValueAt::After => step,
+        }
+    }
 }
 
 /// An optimizer over the pixels of an image.

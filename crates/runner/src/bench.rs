@@ -9,8 +9,8 @@ use losses::{LossForm, Objective, ObjectiveConfig, StyleImage, Targets};
 use vgg::{ConvAlgorithm, Layer, Pooling, Vgg19, VggWeights, WeightsFormat};
 
 use crate::assets::Assets;
+use crate::device::{device_name, peak_rss_mib, resolve_device};
 use crate::params::DeviceChoice;
-use crate::run::{device_name, peak_rss_mib, resolve_device};
 use crate::Result;
 
 /// What to time.

@@ -1,18 +1,14 @@
 use std::path::PathBuf;
 
+use crate::diag::Diagnostics;
+
 /// Everything that can go wrong in the runner library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A spec that cannot be run: the file, the key and what would be valid.
-    #[error("{file}: {key}: {message}")]
-    Spec {
-        /// The spec file (or `--option` for command-line overrides).
-        file: String,
-        /// The offending key, dotted (`run[2].style_layers`).
-        key: String,
-        /// What is wrong and what would be valid.
-        message: String,
-    },
+    /// A spec (or command line) that cannot be run: every problem, each with its file, position,
+    /// key and what would be valid.
+    #[error("{0}")]
+    Spec(Box<Diagnostics>),
     /// An input (weights or image) that cannot be fetched or verified.
     #[error("{name}: {message}")]
     Asset {
@@ -21,8 +17,8 @@ pub enum Error {
         /// What failed and how to fix it.
         message: String,
     },
-    /// A file that cannot be read or written.
-    #[error("{path}: {source}")]
+    /// A file that cannot be read or written (the operating system's reason is the source).
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -55,6 +51,21 @@ impl Error {
         let path = path.into();
         move |source| Error::Io { path, source }
     }
+}
+
+/// An error and its causes on one line, each said once: `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.ends_with(&s) {
+            out += ": ";
+            out += &s;
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// This crate's result type.

@@ -1,12 +1,16 @@
-//! `runner`: runs a TOML experiment (every run of its sweep), or times the objective.
+//! `runner`: runs experiment specs and one-off transfers (see `docs/experiments.md`).
 //!
 //! ```text
 //! runner experiments/quickstart.toml            # the README's main job
-//! runner SPEC.toml --dry-run                    # print the checked plan
+//! runner SPEC.toml --dry-run                    # print the checked plan, as a spec
+//! runner transfer photo.jpg painting.jpg -o out.png --size 512
+//! runner schema                                 # the JSON Schema of spec files
 //! runner bench --size 256                       # one JSON line, as torch_reference.py bench
 //! ```
 
-use std::path::PathBuf;
+mod cli;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,13 +20,13 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runner::assets::Assets;
-use runner::params::DeviceChoice;
-use runner::run::{execute, Progress, Session, Status};
-use runner::spec::{self, Overrides};
+use runner::record::{RunSummary, Status};
+use runner::run::{execute, preflight, Progress, Session};
+use runner::spec::{self, Experiment, Limits, Overrides};
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = runner::record::PROGRAM,
     about = "Neural style transfer experiments (Gatys et al., CVPR 2016) on candle",
     args_conflicts_with_subcommands = true
 )]
@@ -35,6 +39,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// One style transfer without a spec: CONTENT in the style of STYLE (several blend), every
+    /// run parameter a flag (`--size 512 --style-weight 1e4`). Writes OUT and, in a folder
+    /// named after it, losses.csv, loss.png and run.toml.
+    Transfer(cli::TransferArgs),
+    /// Print the JSON Schema of spec files (or the parameter tables of docs/experiments.md).
+    Schema(SchemaArgs),
     /// Time one evaluation of the objective (forward to relu5_1 and backward to the image) and
     /// print one JSON line with the keys of ../shared/bench/torch_reference.py bench.
     Bench(BenchArgs),
@@ -51,24 +61,36 @@ struct RunArgs {
     /// Output folder; results go to DIR/<experiment name>/<run name>/.
     #[arg(long, default_value = "results")]
     out: PathBuf,
+    #[command(flatten)]
+    common: cli::CommonArgs,
     /// Only the runs whose names match this glob (`*seed=1*`).
     #[arg(long)]
     only: Option<String>,
-    /// Print the checked plan and stop.
-    #[arg(long)]
-    dry_run: bool,
-    /// Run again even runs whose outputs are complete.
-    #[arg(long)]
-    force: bool,
+    /// Long side in pixels for every run (replaces the spec's size, width and height).
+    #[arg(long, allow_hyphen_values = true)]
+    size: Option<String>,
+    /// Optimizer steps for every run.
+    #[arg(long, allow_hyphen_values = true)]
+    iterations: Option<String>,
     /// Device for every run: auto, cpu, cuda, cuda:N.
     #[arg(long)]
     device: Option<String>,
-    /// Long side in pixels for every run.
+    /// Any run parameter for every run: `--set style_weight=1e4` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
+    set: Vec<String>,
+    /// The most runs a spec may expand to.
+    #[arg(long, default_value_t = Limits::default().max_runs)]
+    max_runs: u64,
+}
+
+#[derive(Args)]
+struct SchemaArgs {
+    /// Print the parameter tables of docs/experiments.md instead.
     #[arg(long)]
-    size: Option<u32>,
-    /// Optimizer steps for every run.
-    #[arg(long)]
-    iterations: Option<usize>,
+    markdown: bool,
+    /// Rewrite docs/spec.schema.json and the tables in docs/experiments.md under this folder.
+    #[arg(long, value_name = "DOCS")]
+    update: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -122,18 +144,16 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let assets = Assets::from_env();
     match cli.command {
         Some(Command::Bench(b)) => {
-            let algorithm = match b.algorithm.as_str() {
-                "fast" => vgg::ConvAlgorithm::Fast,
-                "winograd2x2" => vgg::ConvAlgorithm::Winograd2x2,
-                "candle" => vgg::ConvAlgorithm::Candle,
-                other => bail!("--algorithm `{other}` is not valid (valid: fast, winograd2x2, candle)"),
-            };
             let cfg = runner::bench::BenchConfig {
                 width: b.size,
                 height: b.height.unwrap_or(b.size),
                 evals: b.evals.max(1),
-                device: b.device.parse::<DeviceChoice>().map_err(anyhow::Error::msg).context("--device")?,
-                algorithm,
+                device: b
+                    .device
+                    .parse()
+                    .map_err(|e: runner::params::Problem| anyhow::anyhow!(e.message))
+                    .context("--device")?,
+                algorithm: b.algorithm.parse().context("--algorithm")?,
             };
             println!("{}", runner::bench::bench(&assets, &cfg)?);
             Ok(ExitCode::SUCCESS)
@@ -151,21 +171,49 @@ fn real_main() -> anyhow::Result<ExitCode> {
             runner::report::ablations::build(&r.results, &r.docs)?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Schema(s)) => schema(&s),
+        Some(Command::Transfer(t)) => transfer(t, assets),
         None => run_spec(cli.run, assets),
     }
+}
+
+fn schema(s: &SchemaArgs) -> anyhow::Result<ExitCode> {
+    use runner::params::docs;
+    if let Some(dir) = &s.update {
+        let json = serde_json::to_string_pretty(&docs::schema())? + "\n";
+        runner::fsutil::write_atomic(&dir.join("spec.schema.json"), json.as_bytes())?;
+        let md_path = dir.join("experiments.md");
+        let md = std::fs::read_to_string(&md_path).with_context(|| md_path.display().to_string())?;
+        let Some(new) = docs::splice(&md) else {
+            bail!("{}: the markers `{}` … `{}` are missing", md_path.display(), docs::BEGIN, docs::END);
+        };
+        runner::fsutil::write_atomic(&md_path, new.as_bytes())?;
+        eprintln!("wrote {} and the tables of {}", dir.join("spec.schema.json").display(), md_path.display());
+    } else if s.markdown {
+        print!("{}", docs::markdown());
+    } else {
+        println!("{}", serde_json::to_string_pretty(&docs::schema())?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     let Some(spec_path) = a.spec else {
         bail!("give an experiment spec (runner experiments/quickstart.toml) or a subcommand; see --help");
     };
-    let mut exp = spec::load(&spec_path)?;
-    let device = a
-        .device
-        .as_deref()
-        .map(|d| d.parse::<DeviceChoice>().map_err(anyhow::Error::msg).context("--device"))
-        .transpose()?;
-    exp.apply_overrides(&Overrides { size: a.size, iterations: a.iterations, device })?;
+    let mut overrides = Overrides::default();
+    for (key, v) in [("size", &a.size), ("iterations", &a.iterations), ("device", &a.device)] {
+        if let Some(v) = v {
+            overrides.set(key, v);
+        }
+    }
+    for kv in &a.set {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--set `{kv}`: expected KEY=VALUE (--set style_weight=1e4)")
+        };
+        overrides.set(k.trim(), v.trim());
+    }
+    let mut exp = spec::load(&spec_path, &overrides, &Limits { max_runs: a.max_runs })?;
     if let Some(glob) = &a.only {
         let m = globset::Glob::new(glob).with_context(|| format!("--only `{glob}`"))?.compile_matcher();
         exp.runs.retain(|r| m.is_match(&r.name));
@@ -173,34 +221,48 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
             bail!("--only `{glob}` matches no run of {}", spec_path.display());
         }
     }
+    let exp_dir = a.out.join(&exp.name);
     let interrupt = Arc::new(AtomicBool::new(false));
     let mut session = Session::new(assets, interrupt.clone());
     session.spec_dir = spec_path.parent().map(|p| p.to_path_buf());
-    // Check every input before anything runs: images exist, hash and decode; devices open.
-    preflight(&mut session, &exp)?;
-    let exp_dir = a.out.join(&exp.name);
-    if a.dry_run {
-        let mut plan = format!("# {} ({} runs) -> {}\n", exp.name, exp.runs.len(), exp_dir.display());
-        if !exp.description.is_empty() {
-            plan += &format!("# {}\n", exp.description.trim());
-        }
-        for r in &exp.runs {
-            plan += &format!("\n[[run]]  # {}\nname = {:?}\n{}", r.label, r.name, spec::to_table(&r.params));
-        }
-        // A closed pipe (`| head`) is not an error worth a panic.
-        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), plan.as_bytes());
+    if a.common.dry_run {
+        // Inputs are checked, so a plan that prints runs.
+        preflight(&session, &exp)?;
+        print_plan(&exp, &exp_dir);
         return Ok(ExitCode::SUCCESS);
     }
-    {
-        let flag = interrupt.clone();
-        ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: finishing the current step; press Ctrl-C again to quit now");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    preflight(&session, &exp)?;
+    install_ctrl_c(interrupt.clone())?;
+    let summaries = run_all(&mut session, &exp, Some(&exp_dir), a.common.force, |r| exp_dir.join(&r.name))?;
+    finish(&exp, &exp_dir, &summaries, &interrupt)
+}
+
+fn print_plan(exp: &Experiment, exp_dir: &Path) {
+    let text = format!("# -> {}\n{}", exp_dir.display(), exp.to_spec());
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+}
+
+fn install_ctrl_c(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the current step; press Ctrl-C again to quit now");
+    })
+    .context("installing the Ctrl-C handler")
+}
+
+/// Runs every run of `exp`, each into `dir_of(run)`, with progress bars; the experiment's
+/// outputs are rewritten into `exp_dir` after each run (a failure to write them is reported,
+/// never fatal).
+fn run_all(
+    session: &mut Session,
+    exp: &Experiment,
+    exp_dir: Option<&Path>,
+    force: bool,
+    dir_of: impl Fn(&spec::PlannedRun) -> PathBuf,
+) -> anyhow::Result<Vec<RunSummary>> {
     let multi = MultiProgress::new();
     let total = multi.add(ProgressBar::new(exp.runs.len() as u64));
     total.set_style(ProgressStyle::with_template(
@@ -209,7 +271,7 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     total.set_prefix(exp.name.clone());
     let mut summaries = Vec::new();
     for run in &exp.runs {
-        let bar = multi.add(ProgressBar::new(run.params.iterations as u64));
+        let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.get() as u64));
         bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
         bar.set_prefix(run.name.clone());
         bar.enable_steady_tick(Duration::from_millis(500));
@@ -223,36 +285,58 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
                 bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / iteration as f64));
             }
         };
-        let s = execute(&mut session, run, &exp_dir, a.force, &mut on_progress);
+        let s = execute(session, run, &dir_of(run), force, &mut on_progress);
         bar.finish_and_clear();
-        let line = match &s.status {
-            Status::Ok => format!(
-                "ok       {}: {} it, {} evals, {:.1} s ({:.3} s/eval) on {}, final loss {:.4e}",
-                run.name,
-                s.iterations,
-                s.evals,
-                s.seconds,
-                s.seconds / s.evals.max(1) as f64,
-                s.device,
-                s.final_terms.as_ref().map(|t| t.total).unwrap_or(f64::NAN)
-            ),
-            Status::Skipped => format!("skipped  {}: complete from an earlier invocation (--force to redo)", run.name),
-            Status::Failed(r) => format!("FAILED   {}: {r}", run.name),
-        };
+        let line = status_line(&s);
         if multi.is_hidden() {
             eprintln!("{line}");
         } else {
             multi.println(line)?;
         }
+        let stop = s.status == Status::Interrupted;
         summaries.push(s);
         total.inc(1);
-        runner::report::write_experiment_outputs(&exp_dir, &exp, &summaries)
-            .with_context(|| format!("writing the outputs of {}", exp_dir.display()))?;
-        if interrupt.load(Ordering::SeqCst) {
+        if let Some(dir) = exp_dir {
+            if let Err(e) = runner::report::write_experiment_outputs(dir, exp, &summaries) {
+                eprintln!(
+                    "warning: writing the outputs of {} failed (the runs go on): {}",
+                    dir.display(),
+                    runner::chain(&e)
+                );
+            }
+        }
+        if stop {
             break;
         }
     }
     total.finish_and_clear();
+    Ok(summaries)
+}
+
+fn status_line(s: &RunSummary) -> String {
+    let name = &s.run.name;
+    match &s.status {
+        Status::Ok => format!(
+            "ok       {name}: {} it, {} evals, {:.1} s ({:.3} s/eval) on {}, final loss {:.4e}",
+            s.iterations,
+            s.evals,
+            s.seconds,
+            s.seconds / s.evals.max(1) as f64,
+            s.device,
+            s.final_terms.as_ref().map(|t| t.total).unwrap_or(f64::NAN)
+        ),
+        Status::Skipped => format!("skipped  {name}: complete from an earlier invocation (--force to redo)"),
+        Status::Interrupted => format!("interrupted {name}: it starts again on the next invocation"),
+        Status::Failed(r) => format!("FAILED   {name}: {r}"),
+    }
+}
+
+fn finish(
+    exp: &Experiment,
+    exp_dir: &Path,
+    summaries: &[RunSummary],
+    interrupt: &AtomicBool,
+) -> anyhow::Result<ExitCode> {
     let failed = summaries.iter().filter(|s| matches!(s.status, Status::Failed(_))).count();
     eprintln!("{}: {} runs, {} failed; results in {}", exp.name, summaries.len(), failed, exp_dir.display());
     if interrupt.load(Ordering::SeqCst) {
@@ -261,31 +345,22 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn preflight(session: &mut Session, exp: &runner::spec::Experiment) -> anyhow::Result<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &exp.runs {
-        let p = &r.params;
-        let mut names: Vec<&str> = p.style.iter().map(|s| s.image.as_str()).collect();
-        names.extend(p.content.as_deref());
-        if let runner::params::Init::Image(i) = &p.init {
-            names.push(i);
-        }
-        for n in names {
-            if seen.insert(n.to_string()) {
-                let a = session.image(n).with_context(|| format!("{}: run `{}`", exp.file.display(), r.name))?;
-                vgg::imageio::load_rgb(&a.path)
-                    .with_context(|| format!("{}: run `{}`: image `{n}`", exp.file.display(), r.name))?;
-            }
-        }
-        if seen.insert(format!("device {:?}", p.device)) {
-            runner::run::resolve_device(p.device)
-                .with_context(|| format!("{}: run `{}`", exp.file.display(), r.name))?;
-        }
-        if let Some(w) = &p.weights {
-            if !std::path::Path::new(w).is_file() {
-                bail!("{}: run `{}`: weights: {w} is not a file", exp.file.display(), r.name);
-            }
-        }
+fn transfer(t: cli::TransferArgs, assets: Assets) -> anyhow::Result<ExitCode> {
+    let (exp, out) = t.plan()?;
+    let run_dir = out.with_extension("");
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let session = Session::new(assets, interrupt.clone());
+    preflight(&session, &exp)?;
+    if t.common.dry_run {
+        print_plan(&exp, &run_dir);
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(())
+    let mut session = session;
+    install_ctrl_c(interrupt.clone())?;
+    let summaries = run_all(&mut session, &exp, None, t.common.force, |_| run_dir.clone())?;
+    if summaries.iter().all(|s| s.status.is_complete()) {
+        cli::write_final_image(&run_dir.join("output.png"), &out)?;
+        eprintln!("wrote {} (run files in {})", out.display(), run_dir.display());
+    }
+    finish(&exp, &run_dir, &summaries, &interrupt)
 }

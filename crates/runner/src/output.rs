@@ -6,7 +6,7 @@ use std::path::Path;
 use image::{Rgb, RgbImage};
 use plotters::prelude::*;
 
-use crate::assets::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::{Error, Result};
 
 /// Encodes an image as PNG, with the best compression and adaptive filtering (outputs are

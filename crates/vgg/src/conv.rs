@@ -26,6 +26,34 @@ pub enum ConvAlgorithm {
     Candle,
 }
 
+impl ConvAlgorithm {
+    /// Every algorithm, for listing valid values.
+    pub const ALL: [ConvAlgorithm; 3] = [ConvAlgorithm::Fast, ConvAlgorithm::Winograd2x2, ConvAlgorithm::Candle];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgorithm::Fast => "fast",
+            ConvAlgorithm::Winograd2x2 => "winograd2x2",
+            ConvAlgorithm::Candle => "candle",
+        }
+    }
+}
+
+impl std::fmt::Display for ConvAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ConvAlgorithm {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        crate::parse_name(s, &ConvAlgorithm::ALL, ConvAlgorithm::name, "convolution algorithm")
+    }
+}
+
 /// One 3×3, stride-1, padding-1 convolution with bias: `y = W ⋆ x + b`.
 pub struct Conv3x3 {
     weight: Tensor,

@@ -22,7 +22,7 @@ pub enum Error {
         reason: String,
     },
     /// An image file that cannot be read or written.
-    #[error("image {path}: {source}")]
+    #[error("image {path}")]
     Image {
         /// The file.
         path: PathBuf,
@@ -31,13 +31,25 @@ pub enum Error {
         source: image::ImageError,
     },
     /// An input or output file that cannot be opened, read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The operating system's error.
         #[source]
         source: std::io::Error,
+    },
+    /// A name that is none of the valid ones (pooling, algorithm).
+    #[error("`{name}` is not a valid {what}; did you mean `{nearest}`? (valid: {valid})")]
+    UnknownName {
+        /// What was being named.
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The valid name closest to it.
+        nearest: String,
+        /// Every valid name.
+        valid: String,
     },
     /// A tensor whose shape does not fit the operation.
     #[error("{0}")]

@@ -26,3 +26,13 @@ pub use imageio::{Preprocessing, Resize};
 pub use layer::{ConvId, Layer};
 pub use model::{Features, Pooling, Tape, Vgg19};
 pub use weights::{ConvWeights, VggWeights, WeightsFormat};
+
+/// The value of `all` whose `name` is `s`, or an error naming the nearest and every valid name.
+pub(crate) fn parse_name<T: Copy>(s: &str, all: &[T], name: fn(T) -> &'static str, what: &'static str) -> Result<T> {
+    if let Some(t) = all.iter().copied().find(|t| name(*t) == s) {
+        return Ok(t);
+    }
+    let names: Vec<&str> = all.iter().map(|t| name(*t)).collect();
+    let nearest = names.iter().min_by_key(|n| strsim::levenshtein(n, s)).copied().unwrap_or_default();
+    Err(Error::UnknownName { what, name: s.to_string(), nearest: nearest.to_string(), valid: names.join(", ") })
+}

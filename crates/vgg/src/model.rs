@@ -21,6 +21,33 @@ pub enum Pooling {
     Avg,
 }
 
+impl Pooling {
+    /// Every pooling, for listing valid values.
+    pub const ALL: [Pooling; 2] = [Pooling::Max, Pooling::Avg];
+
+    /// The name used in specs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Max => "max",
+            Pooling::Avg => "avg",
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        crate::parse_name(s, &Pooling::ALL, Pooling::name, "pooling")
+    }
+}
+
 /// Activations by layer, each `(N, C, H, W)`.
 pub type Features = BTreeMap<Layer, Tensor>;
 

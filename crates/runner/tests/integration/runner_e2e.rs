@@ -62,8 +62,8 @@ fn a_tiny_experiment_writes_every_output_and_resumes() {
         assert_eq!(record["inputs"]["weights"]["sha256"].as_str().unwrap(), runner::assets::WEIGHTS.1);
         assert_eq!(record["result"]["iterations"].as_integer().unwrap(), 4);
         assert!(record["program"].as_str().unwrap().starts_with("gatys-rs runner"));
-        let params = runner::spec::from_table(record["params"].as_table().unwrap(), "run.toml").unwrap();
-        assert_eq!(params.iterations, 4);
+        let params = runner::params::RunParams::from_table(record["params"].as_table().unwrap()).unwrap();
+        assert_eq!(params.optimizer.iterations.get(), 4);
     }
     let mut summary = csv::Reader::from_path(exp.join("summary.csv")).unwrap();
     let h: Vec<String> = summary.headers().unwrap().iter().map(String::from).collect();
@@ -139,11 +139,19 @@ fn a_failing_run_does_not_stop_the_others() {
 #[test]
 fn bad_specs_are_refused_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent = \"missing.png\"\n");
+    let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent = \"photos/me.jpg\"\nstyle = \"nowhere.png\"\n");
     let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
     assert_eq!(o.status.code(), Some(2));
     let m = stderr(&o);
-    assert!(m.contains("exp.toml") && m.contains("missing.png") && m.contains("tubingen"), "{m}");
+    // Both missing images at once, each at its key and line, saying where it looked.
+    assert!(m.contains("exp.toml:3:11: defaults.content") && m.contains("photos/me.jpg"), "{m}");
+    assert!(m.contains("exp.toml:4:9: defaults.style") && m.contains("nowhere.png"), "{m}");
+    assert!(m.contains(&format!("looked for the file at {}", dir.path().join("photos/me.jpg").display())), "{m}");
+    assert!(!m.contains("did you mean"), "no far-fetched image name is suggested: {m}");
+    // A missing spec: the operating system's reason, said once.
+    let o = runner(&["nowhere.toml"], dir.path());
+    let m = stderr(&o);
+    assert_eq!((o.status.code(), m.matches("No such file").count()), (Some(2), 1), "{m}");
     assert!(!dir.path().join("res").exists(), "nothing ran");
     let s = spec(dir.path(), "name = \"x\"\n[defaults]\ncontent_layers = [\"relu4_22\"]\n");
     let o = runner(&[s.to_str().unwrap()], dir.path());
@@ -171,7 +179,26 @@ fn dry_run_prints_the_resolved_plan_and_runs_nothing() {
     let o = runner(&[s.to_str().unwrap(), "--out", "res", "--dry-run", "--size", "96"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("tiny (2 runs)") && out.contains("name = \"seed=1\"") && out.contains("size = 96"), "{out}");
+    assert!(
+        out.contains("2 runs of `tiny`") && out.contains("name = \"seed=1\"") && out.contains("size = 96"),
+        "{out}"
+    );
+    // The printed plan is a spec that runs as it is: the same runs, the same parameters.
+    let printed = runner::spec::parse_text(&out, "printed.toml").unwrap();
+    let original = runner::spec::load(
+        &s,
+        &{
+            let mut o = runner::spec::Overrides::default();
+            o.set("size", "96");
+            o
+        },
+        &runner::spec::Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        printed.runs.iter().map(|r| (&r.name, &r.params)).collect::<Vec<_>>(),
+        original.runs.iter().map(|r| (&r.name, &r.params)).collect::<Vec<_>>()
+    );
     assert!(!dir.path().join("res").exists());
 }
 
@@ -211,6 +238,16 @@ fn report_fills_the_template_from_results() {
     image::open(docs.join("ablations/ratio_curves.png")).unwrap();
 }
 
+/// Polls for `path` to exist; fails the test after `limit_s` seconds (a hang, not a race: the
+/// outcome does not depend on when the file appears).
+fn wait_for_file(path: &Path, limit_s: u64) {
+    let t0 = std::time::Instant::now();
+    while !path.exists() {
+        assert!(t0.elapsed().as_secs() < limit_s, "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -238,6 +275,7 @@ fn ctrl_c_keeps_finished_runs_and_the_next_invocation_resumes() {
         [[run]]
         name = "long"
         iterations = 100000
+        save_every = 1
     "#;
     let s = spec(dir.path(), body);
     weights_path();
@@ -247,13 +285,11 @@ fn ctrl_c_keeps_finished_runs_and_the_next_invocation_resumes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let done = dir.path().join("res/interrupted/short/run.toml");
-    let t0 = std::time::Instant::now();
-    while !done.exists() {
-        assert!(t0.elapsed().as_secs() < 120, "the short run never finished");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(1500)); // the long run is under way
+    // The long run is under way once its first snapshot exists (written after its first step,
+    // so after the short run's outputs): a state of the files, not a guess about time.
+    let under_way = dir.path().join("res/interrupted/long/snapshot_00001.png");
+    wait_for_file(&under_way, 300);
+    assert!(dir.path().join("res/interrupted/short/run.toml").is_file());
     let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
@@ -265,4 +301,48 @@ fn ctrl_c_keeps_finished_runs_and_the_next_invocation_resumes() {
     // The next invocation skips the finished run.
     let o = runner(&[s.to_str().unwrap(), "--out", "res", "--only", "short"], dir.path());
     assert!(o.status.success() && stderr(&o).contains("skipped  short"), "{}", stderr(&o));
+}
+
+#[test]
+fn transfer_writes_the_image_and_its_run_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = fixture_dir().join("content_64x48.png");
+    let style = fixture_dir().join("style_64x48.png");
+    let (c, s) = (content.to_str().unwrap(), style.to_str().unwrap());
+    let args = ["transfer", c, s, s, "-o", "out/picture.png", "--size", "64", "--iterations", "3", "--init", "noise"];
+    let extra = ["--style-weight", "1e4", "--style-blend-weights", "3,1", "--style-layers", "relu1_1,relu2_1"];
+    let all: Vec<&str> = args.iter().chain(&extra).copied().collect();
+    let o = runner(&all, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(dir.path().join("out/picture.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 48));
+    let run = dir.path().join("out/picture");
+    for f in ["losses.csv", "loss.png", "run.toml", "output.png"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let record: toml::Table = std::fs::read_to_string(run.join("run.toml")).unwrap().parse().unwrap();
+    let p = runner::params::RunParams::from_table(record["params"].as_table().unwrap()).unwrap();
+    assert_eq!((p.objective.style_weight.0, p.optimizer.iterations.get()), (1e4, 3));
+    assert_eq!(p.inputs.style.0.iter().map(|s| s.weight).collect::<Vec<_>>(), [3.0, 1.0]);
+    assert_eq!(p.objective.style_layers.layers().len(), 2);
+    assert!(!dir.path().join("out/summary.csv").exists(), "a one-off writes no experiment files");
+    // --dry-run prints the equivalent spec, which parses to the same run.
+    let dry: Vec<&str> = all.iter().copied().chain(["--dry-run"]).collect();
+    let o = runner(&dry, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = runner::spec::parse_text(&String::from_utf8_lossy(&o.stdout), "printed.toml").unwrap();
+    assert_eq!(printed.runs[0].params, p);
+    // Flags are checked as spec values are, and every problem is said at once.
+    let o = runner(&["transfer", c, s, "-o", "x.png", "--size", "15", "--optimizer", "sgd"], dir.path());
+    let m = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{m}");
+    assert!(
+        m.contains("--size") && m.contains("16 … 16384") && m.contains("--optimizer") && m.contains("lbfgs, adam"),
+        "{m}"
+    );
+    let o = runner(&["transfer", "--help"], dir.path());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for p in runner::params::PARAMS.iter().filter(|p| p.key != "content" && p.key != "style") {
+        assert!(help.contains(&format!("--{}", p.key.replace('_', "-"))), "--help lacks {}", p.key);
+    }
 }

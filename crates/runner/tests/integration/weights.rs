@@ -7,7 +7,7 @@ use crate::helpers::*;
 
 #[test]
 fn fetched_weights_have_the_published_hash() {
-    let sha = runner::assets::sha256_file(&weights_path()).unwrap();
+    let sha = runner::fsutil::sha256_file(&weights_path()).unwrap();
     assert_eq!(sha, runner::assets::WEIGHTS.1);
     assert_eq!(WeightsFormat::detect(&weights_path()).unwrap(), WeightsFormat::PasticheQuantized);
 }

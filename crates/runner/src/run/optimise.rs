@@ -1,0 +1,195 @@
+//! The optimisation loop of one run and the files it writes: `output.png`, snapshots,
+//! `losses.csv` and `loss.png`. One row of losses per iterate, whichever the optimizer: each
+//! step's report says which iterate its value belongs to (`optim::StepReport::iterate`).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::Tensor;
+use losses::Terms;
+use optim::{Adam, AdamConfig, Lbfgs, LbfgsConfig, Optimizer};
+
+use crate::output::{plot_log, save_png, write_csv, Series};
+use crate::params::{OptimizerKind, RunParams};
+use crate::record::CurvePoint;
+use crate::spec::PlannedRun;
+use crate::{Error, Result};
+
+use super::inputs::Setup;
+use super::Progress;
+
+/// The objective at one iterate: one row of `losses.csv`.
+#[derive(Clone, Debug)]
+pub(super) struct LossRow {
+    /// The iterate (0: the start).
+    pub iteration: usize,
+    /// Evaluations made when it was recorded.
+    pub evals: usize,
+    /// Seconds since the optimisation started.
+    pub seconds: f64,
+    /// The objective's terms.
+    pub terms: Terms,
+}
+
+/// One evaluation of the objective, as the closure saw it.
+struct EvalRecord {
+    terms: Terms,
+    seconds: f64,
+}
+
+/// What the optimisation did.
+pub(super) struct Trace {
+    /// One row per iterate, the last one the final iterate's.
+    pub rows: Vec<LossRow>,
+    /// Steps made.
+    pub iterations: usize,
+    /// Evaluations made.
+    pub evals: usize,
+    /// Seconds of optimisation.
+    pub seconds: f64,
+    /// The final image, `(1, 3, H, W)`, preprocessed.
+    pub x: Tensor,
+}
+
+impl Trace {
+    /// The total against the iteration.
+    pub fn curve(&self) -> Vec<CurvePoint> {
+        self.rows.iter().map(|r| CurvePoint { iteration: r.iteration as f64, total: r.terms.total }).collect()
+    }
+}
+
+fn optimizer(p: &RunParams, setup: &Setup) -> Box<dyn Optimizer> {
+    let o = &p.optimizer;
+    match o.optimizer {
+        OptimizerKind::Lbfgs => Box::new(Lbfgs::new(LbfgsConfig {
+            lr: p.learning_rate(),
+            history: o.history.get(),
+            line_search: o.line_search,
+            guard: o.guard,
+            ..Default::default()
+        })),
+        // Adam's step is in pixel levels (neural-style's), the image in the network's units.
+        OptimizerKind::Adam => Box::new(Adam::new(AdamConfig {
+            lr: p.learning_rate() * setup.pre.units_per_pixel_level() as f64,
+            ..Default::default()
+        })),
+    }
+}
+
+/// Runs the optimizer from `setup.x0` for the run's iterations (or evaluations), saving
+/// snapshots into `dir`; stops with [`Error::Interrupted`] when `interrupt` is set.
+pub(super) fn optimise(
+    setup: &Setup,
+    p: &RunParams,
+    dir: &Path,
+    interrupt: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Trace> {
+    let mut opt = optimizer(p, setup);
+    let mut x = setup.x0.clone();
+    let mut evals: Vec<EvalRecord> = Vec::new();
+    let mut rows: Vec<LossRow> = Vec::new();
+    let (iterations, save_every) = (p.optimizer.iterations.get(), p.output.save_every.get());
+    let t0 = Instant::now();
+    let mut step = 0;
+    while step < iterations {
+        if interrupt.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
+        if p.optimizer.max_evals.is_some_and(|m| opt.evals() >= m.get()) {
+            break;
+        }
+        let mut closure = |xk: &Tensor| -> optim::Result<(f64, Tensor)> {
+            let e = setup.objective.evaluate(xk).map_err(|e| optim::Error::Objective(Box::new(e)))?;
+            evals.push(EvalRecord { terms: e.terms.clone(), seconds: t0.elapsed().as_secs_f64() });
+            Ok((e.terms.total, e.grad))
+        };
+        let report = opt.step(&mut x, &mut closure)?;
+        step += 1;
+        if rows.is_empty() {
+            // Every optimizer's first evaluation is at the start.
+            rows.push(LossRow { iteration: 0, evals: 1, seconds: evals[0].seconds, terms: evals[0].terms.clone() });
+        }
+        let iterate = report.iterate(step);
+        if rows.last().is_some_and(|r| r.iteration < iterate) {
+            let e = &evals[report.value_eval];
+            rows.push(LossRow { iteration: iterate, evals: opt.evals(), seconds: e.seconds, terms: e.terms.clone() });
+        }
+        progress(Progress::Step {
+            iteration: step,
+            evals: opt.evals(),
+            total: report.value,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        if save_every > 0 && step % save_every == 0 && step < iterations {
+            save_png(&setup.pre.to_image(&x)?, &dir.join(format!("snapshot_{step:05}.png")))?;
+        }
+        if report.converged {
+            break;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    if rows.last().is_none_or(|r| r.iteration < step) {
+        // The final iterate was not evaluated (Adam evaluates before it updates): one more.
+        let terms = setup.objective.terms(&x)?;
+        rows.push(LossRow { iteration: step, evals: opt.evals(), seconds, terms });
+    }
+    Ok(Trace { rows, iterations: step, evals: opt.evals(), seconds, x })
+}
+
+/// Writes `output.png`, `losses.csv` and `loss.png` into `dir`.
+pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: &Trace) -> Result<()> {
+    let p = &run.params;
+    save_png(&setup.pre.to_image(&trace.x)?, &dir.join("output.png"))?;
+    write_losses(&dir.join("losses.csv"), p, &trace.rows)?;
+    let o = &p.objective;
+    let weighted = |f: &dyn Fn(&Terms) -> f64| trace.rows.iter().map(|r| (r.iteration as f64, f(&r.terms))).collect();
+    let mut series = vec![Series { name: "total".into(), points: weighted(&|t| t.total) }];
+    if !o.content_layers.0.is_empty() {
+        series.push(Series { name: "α·content".into(), points: weighted(&|t| o.content_weight.0 * t.content) });
+    }
+    if !o.style_layers.0.is_empty() {
+        series.push(Series { name: "β·style".into(), points: weighted(&|t| o.style_weight.0 * t.style) });
+    }
+    if o.tv_weight.0 > 0.0 {
+        series.push(Series { name: "tv".into(), points: weighted(&|t| o.tv_weight.0 * t.tv) });
+    }
+    plot_log(&dir.join("loss.png"), &run.label, "iteration", &series, (640, 400))
+}
+
+/// The column names of `losses.csv`.
+pub fn loss_columns(p: &RunParams) -> Vec<String> {
+    let mut h: Vec<String> =
+        ["iteration", "evals", "seconds", "total", "content", "style", "tv"].map(String::from).to_vec();
+    h.extend(p.objective.content_layers.0.iter().map(|l| format!("content_{l}")));
+    h.extend(p.objective.style_layers.layers().iter().map(|l| format!("style_{l}")));
+    h
+}
+
+fn write_losses(path: &Path, p: &RunParams, rows: &[LossRow]) -> Result<()> {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let t = &r.terms;
+            let mut cells = vec![
+                r.iteration.to_string(),
+                r.evals.to_string(),
+                format!("{:.3}", r.seconds),
+                e(t.total),
+                e(t.content),
+                e(t.style),
+                e(t.tv),
+            ];
+            cells.extend(t.content_layers.iter().map(|(_, v)| e(*v)));
+            cells.extend(t.style_layers.iter().map(|(_, v)| e(*v)));
+            cells
+        })
+        .collect();
+    write_csv(path, &loss_columns(p), &body)
+}
+
+fn e(v: f64) -> String {
+    // `+ 0.0` turns −0 into 0.
+    format!("{:.6e}", v + 0.0)
+}
