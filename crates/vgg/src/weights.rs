@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::imageio::Preprocessing;
 use crate::layer::{ConvId, Layer};
@@ -132,31 +133,48 @@ impl VggWeights {
     pub fn load_safetensors(path: &Path, device: &Device) -> Result<Self> {
         let bad = |reason: String| Error::Weights { path: path.into(), reason };
         let map = candle_core::safetensors::load(path, device).map_err(|e| bad(e.to_string()))?;
-        if map.contains_key("conv1_1.weight") {
-            let convs = ConvId::all().map(|c| pair(&map, &c.to_string(), path)).collect::<Result<Vec<_>>>()?;
-            return Self::new(convs, Preprocessing::Caffe).map_err(|e| bad(e.to_string()));
+        let vb = VarBuilder::from_tensors(map, DType::F32, device);
+        if vb.contains_tensor("conv1_1.weight") {
+            return Self::from_var_builder(&vb, |c| c.to_string(), Preprocessing::Caffe, path);
         }
-        Self::from_torchvision_map(&map, path)
+        Self::from_torchvision(vb, path)
     }
 
     /// Reads a zip-format torchvision state dict (see [`WeightsFormat::Torchvision`]).
     pub fn load_torchvision(path: &Path, device: &Device) -> Result<Self> {
         let bad = |reason: String| Error::Weights { path: path.into(), reason };
-        let list = candle_core::pickle::read_all(path).map_err(|e| bad(e.to_string()))?;
-        let map = list
-            .into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?)))
-            .collect::<Result<HashMap<_, _>>>()?;
-        Self::from_torchvision_map(&map, path)
+        let map: HashMap<String, Tensor> =
+            candle_core::pickle::read_all(path).map_err(|e| bad(e.to_string()))?.into_iter().collect();
+        Self::from_torchvision(VarBuilder::from_tensors(map, DType::F32, device), path)
     }
 
-    fn from_torchvision_map(map: &HashMap<String, Tensor>, path: &Path) -> Result<Self> {
-        let prefix = if map.contains_key("features.0.weight") { "features." } else { "" };
+    /// Torchvision names: `features.N.weight` (a whole `vgg19()`) or `N.weight` (its features).
+    fn from_torchvision(vb: VarBuilder, path: &Path) -> Result<Self> {
+        let vb = if vb.contains_tensor("features.0.weight") { vb.pp("features") } else { vb };
+        Self::from_var_builder(&vb, |c| torchvision_index(c).to_string(), Preprocessing::Torchvision, path)
+    }
+
+    /// Every convolution's weight and bias under `name(conv)`, each checked against VGG19's
+    /// shapes (candle-nn's `VarBuilder` converts to f32 on the device and checks the shape).
+    fn from_var_builder(
+        vb: &VarBuilder,
+        name: impl Fn(ConvId) -> String,
+        pre: Preprocessing,
+        path: &Path,
+    ) -> Result<Self> {
+        let bad = |reason: String| Error::Weights { path: path.into(), reason };
         let convs = ConvId::all()
-            .map(|c| pair(map, &format!("{prefix}{}", torchvision_index(c)), path))
+            .map(|c| {
+                let vb = vb.pp(name(c));
+                let weight = vb.get((c.out_channels(), c.in_channels(), 3, 3), "weight");
+                let bias = vb.get(c.out_channels(), "bias");
+                match (weight, bias) {
+                    (Ok(weight), Ok(bias)) => Ok(ConvWeights { weight, bias }),
+                    (Err(e), _) | (_, Err(e)) => Err(bad(format!("{c}: {e}"))),
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
-        Self::new(convs, Preprocessing::Torchvision)
-            .map_err(|e| Error::Weights { path: path.into(), reason: e.to_string() })
+        Self::new(convs, pre).map_err(|e| bad(e.to_string()))
     }
 
     /// Writes the weights as safetensors under the paper's names (`conv1_1.weight`, …), a
@@ -187,16 +205,6 @@ impl VggWeights {
     pub fn preprocessing(&self) -> Preprocessing {
         self.preprocessing
     }
-}
-
-fn pair(map: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result<ConvWeights> {
-    let get = |suffix: &str| {
-        map.get(&format!("{key}.{suffix}"))
-            .map(|t| t.to_dtype(DType::F32))
-            .transpose()?
-            .ok_or_else(|| Error::Weights { path: path.into(), reason: format!("`{key}.{suffix}` is missing") })
-    };
-    Ok(ConvWeights { weight: get("weight")?, bias: get("bias")? })
 }
 
 /// Index of a convolution in torchvision's `vgg19().features`, where every convolution, ReLU and

@@ -61,6 +61,17 @@ fn safetensors_round_trip_gives_the_same_features() {
     candle_core::safetensors::save(&map, &q).unwrap();
     let e = VggWeights::load_safetensors(&q, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("conv1_1.bias") && e.contains("partial.safetensors"), "{e}");
+    // A tensor of the wrong shape is refused with the layer and both shapes.
+    let mut map = std::collections::HashMap::new();
+    for (c, w) in vgg::ConvId::all().zip(weights().convs()) {
+        map.insert(format!("{c}.weight"), w.weight.clone());
+        map.insert(format!("{c}.bias"), w.bias.clone());
+    }
+    map.insert("conv2_1.weight".into(), weights().convs()[2].weight.narrow(0, 0, 64).unwrap());
+    let q = dir.path().join("misshapen.safetensors");
+    candle_core::safetensors::save(&map, &q).unwrap();
+    let e = VggWeights::load_safetensors(&q, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("conv2_1") && e.contains("[128, 64, 3, 3]") && e.contains("[64, 64, 3, 3]"), "{e}");
 }
 
 #[test]
