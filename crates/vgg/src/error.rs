@@ -30,6 +30,14 @@ pub enum Error {
         #[source]
         source: image::ImageError,
     },
+    /// An image file refused before or instead of decoding (truncated, too large, unknown).
+    #[error("image {path}: {reason}")]
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
     /// An input or output file that cannot be opened, read or written.
     #[error("{path}")]
     Io {

@@ -112,14 +112,53 @@ impl Resize {
     }
 }
 
-/// Loads an image of any common format (PNG, JPEG) as 8-bit RGB.
+/// The largest image side read, in pixels.
+pub const MAX_SIDE: u32 = 16384;
+/// The most pixels an image may have (100 megapixels: 300 MB as 8-bit RGB). Larger images are
+/// refused from their header, before anything is decoded.
+pub const MAX_PIXELS: u64 = 100_000_000;
+/// The largest image file read.
+pub const MAX_FILE_BYTES: u64 = 512 << 20;
+
+/// Loads a PNG or JPEG image as 8-bit RGB. The header is read first: images larger than
+/// [`MAX_SIDE`] or [`MAX_PIXELS`] are refused before decoding, and the decoder's allocations
+/// are limited. A JPEG without its end-of-image marker (a truncated file) is refused, since the
+/// decoder would fill the missing part with grey; truncated PNGs fail in the decoder.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = image::ImageReader::open(path)
-        .map_err(|source| Error::Io { path: path.into(), source })?
-        .with_guessed_format()
-        .map_err(|source| Error::Io { path: path.into(), source })?
-        .decode()
-        .map_err(|source| Error::Image { path: path.into(), source })?;
+    let io = |source| Error::Io { path: path.into(), source };
+    let bad = |reason: String| Error::BadImage { path: path.into(), reason };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(bad(format!("{len} bytes, more than the {MAX_FILE_BYTES} read")));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let reader = || image::ImageReader::new(std::io::Cursor::new(&bytes[..])).with_guessed_format().map_err(io);
+    let format = reader()?.format();
+    match format {
+        Some(image::ImageFormat::Png) => {}
+        Some(image::ImageFormat::Jpeg) => {
+            let end = bytes.iter().rposition(|b| !matches!(b, 0 | b'\r' | b'\n' | b' ' | b'\t')).unwrap_or(0);
+            if end < 1 || bytes[end - 1..=end] != [0xFF, 0xD9] {
+                return Err(bad("the JPEG ends before its end-of-image marker: the file is truncated".into()));
+            }
+        }
+        _ => return Err(bad("not a PNG or JPEG image".into())),
+    }
+    let (w, h) = reader()?.into_dimensions().map_err(|source| Error::Image { path: path.into(), source })?;
+    if w > MAX_SIDE || h > MAX_SIDE || u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(bad(format!(
+            "{w}×{h} pixels: larger than the {MAX_SIDE} px per side and {} megapixels read",
+            MAX_PIXELS / 1_000_000
+        )));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    // Decoded RGBA16 at the largest size, with room for the decoder's buffers.
+    limits.max_alloc = Some(MAX_PIXELS * 8 + (64 << 20));
+    let mut r = reader()?;
+    r.limits(limits);
+    let img = r.decode().map_err(|source| Error::Image { path: path.into(), source })?;
     Ok(img.to_rgb8())
 }
 
@@ -135,6 +174,7 @@ pub fn resize(img: &RgbImage, size: Resize) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::ImageEncoder;
 
     #[test]
     fn preprocessing_round_trips_pixels() {
@@ -160,5 +200,68 @@ mod tests {
         let img = RgbImage::new(4, 3);
         assert_eq!(resize(&img, Resize::LongSide(4)).dimensions(), (4, 3));
         assert_eq!(resize(&img, Resize::LongSide(8)).dimensions(), (8, 6));
+    }
+
+    fn temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("vgg-imageio-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for b in bytes {
+            c ^= *b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    /// A PNG whose header says `w`×`h` 1-bit grey, with an empty image: decoding it would
+    /// allocate for every pixel, reading its header costs nothing.
+    fn png_header(w: u32, h: u32) -> Vec<u8> {
+        let mut f = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8], data: &[u8]| {
+            f.extend((data.len() as u32).to_be_bytes());
+            let body = [kind, data].concat();
+            f.extend(&body);
+            f.extend(crc32(&body).to_be_bytes());
+        };
+        let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes()[..], &[1, 0, 0, 0, 0]].concat();
+        chunk(b"IHDR", &ihdr);
+        chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+        chunk(b"IEND", &[]);
+        f
+    }
+
+    /// Issue 12: truncated JPEGs were decoded as flat grey; a 20000×20000 1-bit PNG of 48 KB
+    /// cost 1.7 GB. Both are refused now, the large one from its header alone.
+    #[test]
+    fn truncated_and_oversized_images_are_refused() {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
+        assert_eq!(load_rgb(&temp("ok.jpg", &jpeg)).unwrap().dimensions(), (64, 48));
+        for cut in [1024.min(jpeg.len() - 1), jpeg.len() / 2, jpeg.len() - 2] {
+            let e = load_rgb(&temp("cut.jpg", &jpeg[..cut])).unwrap_err().to_string();
+            assert!(e.contains("truncated"), "cut at {cut}: {e}");
+        }
+        let mut png = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(img.as_raw(), 64, 48, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        assert!(load_rgb(&temp("ok.png", &png)).is_ok());
+        let e = load_rgb(&temp("cut.png", &png[..png.len() / 2])).unwrap_err();
+        assert!(matches!(e, Error::Image { .. }), "the decoder's reason: {e}");
+        let t = std::time::Instant::now();
+        let e = load_rgb(&temp("huge.png", &png_header(20000, 20000))).unwrap_err().to_string();
+        assert!(e.contains("20000×20000") && e.contains("larger than"), "{e}");
+        let e = load_rgb(&temp("wide.png", &png_header(16000, 9000))).unwrap_err().to_string();
+        assert!(e.contains("megapixels"), "{e}");
+        assert!(t.elapsed().as_millis() < 500, "refused from the header");
+        let e = load_rgb(&temp("text.png", b"plain text")).unwrap_err().to_string();
+        assert!(e.contains("not a PNG or JPEG"), "{e}");
     }
 }

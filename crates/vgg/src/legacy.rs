@@ -97,7 +97,8 @@ pub(crate) fn read_legacy(bytes: &[u8]) -> Result<HashMap<String, RawTensor>, St
     for (_, t) in &refs {
         dtypes.insert(t.key.as_str(), t.dtype);
     }
-    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    // Storages are slices of the file: nothing is copied before a tensor is gathered.
+    let mut storages: HashMap<String, &[u8]> = HashMap::new();
     for key in keys {
         let Object::Unicode(key) = key else {
             return Err(format!("a storage key is not a string: {key:?}"));
@@ -105,14 +106,14 @@ pub(crate) fn read_legacy(bytes: &[u8]) -> Result<HashMap<String, RawTensor>, St
         let size = dtypes.get(key.as_str()).map(|d| d.size()).unwrap_or(1);
         let mut count = [0u8; 8];
         r.read_exact(&mut count).map_err(|_| format!("truncated: the header of storage `{key}` is missing"))?;
-        let count = u64::from_le_bytes(count) as usize;
+        let count = usize::try_from(u64::from_le_bytes(count)).map_err(|_| format!("storage `{key}` is too large"))?;
         let len = count.checked_mul(size).ok_or_else(|| format!("storage `{key}` is too large"))?;
         let start = r.position() as usize;
         let rest = r.get_ref().len() - start;
         if len > rest {
             return Err(format!("truncated: storage `{key}` needs {len} bytes, only {rest} are left in the file"));
         }
-        storages.insert(key, r.get_ref()[start..start + len].to_vec());
+        storages.insert(key, &r.get_ref()[start..start + len]);
         r.set_position((start + len) as u64);
     }
     let mut out = HashMap::with_capacity(refs.len());
@@ -187,21 +188,35 @@ fn tensor_ref(value: Object) -> Result<TensorRef, String> {
     Ok(TensorRef { key: key.clone(), dtype, offset, shape, stride })
 }
 
-/// Copies a (possibly strided) view out of a storage's bytes into a row-major tensor.
+/// Copies a (possibly strided) view out of a storage's bytes into a row-major tensor. Every
+/// size is checked before it is used: the view must lie inside the storage, hold no more
+/// elements than the storage (so nothing larger than the file is ever allocated), and have no
+/// zero stride on a dimension longer than 1 (a broadcast view, never a trained weight).
 fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
-    let numel: usize = t.shape.iter().product();
     let size = t.dtype.size();
-    let mut max_index = t.offset;
-    for (d, s) in t.shape.iter().zip(&t.stride) {
-        max_index += d.saturating_sub(1) * s;
+    let elements = storage.len() / size;
+    let numel = t.shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d)).ok_or("its shape overflows")?;
+    if numel > elements {
+        return Err(format!("its shape {:?} has {numel} elements, more than its storage's {elements}", t.shape));
     }
-    if numel > 0 && (max_index + 1) * size > storage.len() {
-        return Err(format!("view reaches element {max_index} of a storage of {} elements", storage.len() / size));
+    if t.shape.iter().zip(&t.stride).any(|(d, s)| *d > 1 && *s == 0) {
+        return Err(format!("it has a zero stride (shape {:?}, strides {:?}): a broadcast view, not weights", t.shape, t.stride));
     }
+    if numel > 0 {
+        let last = t
+            .shape
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |m, (d, s)| (d - 1).checked_mul(*s).and_then(|x| m.checked_add(x)))
+            .ok_or("its strides overflow")?;
+        if last >= elements {
+            return Err(format!("the view reaches element {last} of a storage of {elements} elements"));
+        }
+    }
+    // Element offsets in row-major order; each is ≤ `last`, checked above.
     let mut index = vec![0usize; t.shape.len()];
-    let mut offsets = Vec::with_capacity(numel);
-    for _ in 0..numel {
-        offsets.push(t.offset + index.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>());
+    let mut next = || {
+        let o = t.offset + index.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
         for d in (0..index.len()).rev() {
             index[d] += 1;
             if index[d] < t.shape[d] {
@@ -209,23 +224,25 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
             }
             index[d] = 0;
         }
-    }
-    let bytes = |o: usize| &storage[o * size..(o + 1) * size];
+        o
+    };
+    let word = |o: usize| -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(&storage[o * size..(o + 1) * size]);
+        b
+    };
     let shape = t.shape.clone();
     Ok(match t.dtype {
-        RawDType::U8 => RawTensor::U8 { shape, data: offsets.iter().map(|&o| storage[o]).collect() },
+        RawDType::U8 => RawTensor::U8 { shape, data: (0..numel).map(|_| storage[next()]).collect() },
         RawDType::F32 => RawTensor::F32 {
             shape,
-            data: offsets.iter().map(|&o| f32::from_le_bytes(bytes(o).try_into().unwrap_or([0; 4]))).collect(),
+            data: (0..numel).map(|_| {
+                let w = word(next());
+                f32::from_le_bytes([w[0], w[1], w[2], w[3]])
+            }).collect(),
         },
-        RawDType::F64 => RawTensor::F32 {
-            shape,
-            data: offsets.iter().map(|&o| f64::from_le_bytes(bytes(o).try_into().unwrap_or([0; 8])) as f32).collect(),
-        },
-        RawDType::I64 => RawTensor::F32 {
-            shape,
-            data: offsets.iter().map(|&o| i64::from_le_bytes(bytes(o).try_into().unwrap_or([0; 8])) as f32).collect(),
-        },
+        RawDType::F64 => RawTensor::F32 { shape, data: (0..numel).map(|_| f64::from_le_bytes(word(next())) as f32).collect() },
+        RawDType::I64 => RawTensor::F32 { shape, data: (0..numel).map(|_| i64::from_le_bytes(word(next())) as f32).collect() },
     })
 }
 
@@ -292,5 +309,34 @@ mod tests {
         g[MAGIC.len() + 8] ^= 0xff;
         assert!(read_legacy(&g).is_err());
         assert!(read_legacy(b"PK\x03\x04 a zip file").unwrap_err().contains("magic"));
+    }
+
+    fn view(shape: &[usize], stride: &[usize], offset: usize) -> TensorRef {
+        TensorRef { key: "k".into(), dtype: RawDType::F32, offset, shape: shape.to_vec(), stride: stride.to_vec() }
+    }
+
+    /// The hostile headers of issue 12: each was a panic or an abort, each is now a sentence.
+    #[test]
+    fn hostile_views_are_refused_before_any_allocation() {
+        let storage = vec![0u8; 4 * 1728];
+        for (shape, stride, offset, want) in [
+            // A stride product that wraps: was an index out of bounds.
+            (vec![64, 3, 3, 3], vec![4611686018427387904, 9, 3, 1], 0, "overflow"),
+            (vec![64, 3, 3, 3], vec![27, 9, 3, 1], usize::MAX - 5, "overflow"),
+            (vec![64, 3, 3, 3], vec![27, 9, 3, 1], 1, "reaches element 1728"),
+            // (2^32+1, 2^32-1, 1, 1) with zero strides: was `capacity overflow`.
+            (vec![(1 << 32) + 1, (1 << 32) - 1, 1, 1], vec![0, 0, 0, 0], 0, "elements, more than its storage"),
+            // (2^20, 2^20, 1, 1): was an abort allocating 8 TB.
+            (vec![1 << 20, 1 << 20, 1, 1], vec![1 << 20, 1, 1, 1], 0, "more than its storage"),
+            // A zero stride in a small view: accepted before, and silently wrong weights.
+            (vec![64, 3, 3, 3], vec![0, 9, 3, 1], 0, "zero stride"),
+            (vec![usize::MAX, 2], vec![1, 1], 0, "overflows"),
+        ] {
+            let e = gather(&storage, &view(&shape, &stride, offset)).unwrap_err();
+            assert!(e.contains(want), "{shape:?} {stride:?}: {e}");
+        }
+        // Length-1 dimensions may have any stride; an empty view is empty.
+        assert!(gather(&storage, &view(&[64, 27, 1], &[27, 1, 0], 0)).is_ok());
+        assert_eq!(gather(&storage, &view(&[0, 3], &[3, 1], 0)).unwrap().shape(), &[0, 3]);
     }
 }

