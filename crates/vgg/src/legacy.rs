@@ -8,7 +8,7 @@
 //! little-endian bytes. The pickles are parsed by candle's `pickle` module; everything else here.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Cursor, Read};
+use std::io::{Cursor, Read};
 
 use candle_core::pickle::{Object, Stack};
 
@@ -127,9 +127,16 @@ pub(crate) fn read_legacy(bytes: &[u8]) -> Result<HashMap<String, RawTensor>, St
     Ok(out)
 }
 
-fn pickle<R: BufRead>(r: &mut R, what: &str) -> Result<Object, String> {
+/// Reads the pickle at the cursor, after [`crate::pickle_guard::check`] has bounded what it
+/// may cost; the cursor ends after it.
+fn pickle(r: &mut Cursor<&[u8]>, what: &str) -> Result<Object, String> {
+    let start = r.position() as usize;
+    let rest = &r.get_ref()[start.min(r.get_ref().len())..];
+    let len = crate::pickle_guard::check(rest).map_err(|e| format!("the {what} pickle is refused: {e}"))?;
+    let mut one = Cursor::new(&rest[..len]);
     let mut stack = Stack::empty();
-    stack.read_loop(r).map_err(|e| format!("cannot parse the {what} pickle: {e}"))?;
+    stack.read_loop(&mut one).map_err(|e| format!("cannot parse the {what} pickle: {e}"))?;
+    r.set_position((start + len) as u64);
     stack.finalize().map_err(|e| format!("the {what} pickle is empty: {e}"))
 }
 
@@ -200,7 +207,10 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
         return Err(format!("its shape {:?} has {numel} elements, more than its storage's {elements}", t.shape));
     }
     if t.shape.iter().zip(&t.stride).any(|(d, s)| *d > 1 && *s == 0) {
-        return Err(format!("it has a zero stride (shape {:?}, strides {:?}): a broadcast view, not weights", t.shape, t.stride));
+        return Err(format!(
+            "it has a zero stride (shape {:?}, strides {:?}): a broadcast view, not weights",
+            t.shape, t.stride
+        ));
     }
     if numel > 0 {
         let last = t
@@ -236,13 +246,19 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
         RawDType::U8 => RawTensor::U8 { shape, data: (0..numel).map(|_| storage[next()]).collect() },
         RawDType::F32 => RawTensor::F32 {
             shape,
-            data: (0..numel).map(|_| {
-                let w = word(next());
-                f32::from_le_bytes([w[0], w[1], w[2], w[3]])
-            }).collect(),
+            data: (0..numel)
+                .map(|_| {
+                    let w = word(next());
+                    f32::from_le_bytes([w[0], w[1], w[2], w[3]])
+                })
+                .collect(),
         },
-        RawDType::F64 => RawTensor::F32 { shape, data: (0..numel).map(|_| f64::from_le_bytes(word(next())) as f32).collect() },
-        RawDType::I64 => RawTensor::F32 { shape, data: (0..numel).map(|_| i64::from_le_bytes(word(next())) as f32).collect() },
+        RawDType::F64 => {
+            RawTensor::F32 { shape, data: (0..numel).map(|_| f64::from_le_bytes(word(next())) as f32).collect() }
+        }
+        RawDType::I64 => {
+            RawTensor::F32 { shape, data: (0..numel).map(|_| i64::from_le_bytes(word(next())) as f32).collect() }
+        }
     })
 }
 

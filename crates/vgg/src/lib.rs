@@ -17,6 +17,7 @@ pub mod imageio;
 pub mod layer;
 mod legacy;
 mod model;
+mod pickle_guard;
 pub mod weights;
 mod winograd;
 

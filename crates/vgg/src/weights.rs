@@ -99,7 +99,9 @@ impl VggWeights {
         let bad = |reason: String| Error::Weights { path: path.into(), reason };
         let len = std::fs::metadata(path).map_err(|source| Error::Io { path: path.into(), source })?.len();
         if len > MAX_LEGACY_BYTES {
-            return Err(bad(format!("{len} bytes: larger than any VGG19 (at most {MAX_LEGACY_BYTES}); is this the right file?")));
+            return Err(bad(format!(
+                "{len} bytes: larger than any VGG19 (at most {MAX_LEGACY_BYTES}); is this the right file?"
+            )));
         }
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
         let mut tensors = read_legacy(&bytes).map_err(bad)?;

@@ -18,7 +18,7 @@ fn truncated_or_corrupted_weights_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated in the data", bytes[..bytes.len() / 2].to_vec(), "truncated"),
-        ("truncated in the header", bytes[..300].to_vec(), "cannot parse"),
+        ("truncated in the header", bytes[..300].to_vec(), "truncated"),
         ("empty", vec![], "magic"),
         ("not a torch file", b"<html>404 Not Found</html>".to_vec(), "magic"),
         (
