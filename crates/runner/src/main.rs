@@ -327,6 +327,7 @@ fn status_line(s: &RunSummary) -> String {
         ),
         Status::Skipped => format!("skipped  {name}: complete from an earlier invocation (--force to redo)"),
         Status::Interrupted => format!("interrupted {name}: it starts again on the next invocation"),
+        Status::Flagged(why) => format!("FLAGGED  {name}: {why} ({} it, {:.1} s)", s.iterations, s.seconds),
         Status::Failed(r) => format!("FAILED   {name}: {r}"),
     }
 }
@@ -338,7 +339,14 @@ fn finish(
     interrupt: &AtomicBool,
 ) -> anyhow::Result<ExitCode> {
     let failed = summaries.iter().filter(|s| matches!(s.status, Status::Failed(_))).count();
-    eprintln!("{}: {} runs, {} failed; results in {}", exp.name, summaries.len(), failed, exp_dir.display());
+    let flagged = summaries.iter().filter(|s| matches!(s.status, Status::Flagged(_))).count();
+    eprintln!(
+        "{}: {} runs, {failed} failed, {flagged} flagged; results in {}",
+        exp.name,
+        summaries.len(),
+        exp_dir.display()
+    );
+    let failed = failed + flagged;
     if interrupt.load(Ordering::SeqCst) {
         return Ok(ExitCode::from(130));
     }

@@ -36,6 +36,8 @@ pub enum Status {
     Ok,
     /// Completed by an earlier invocation with the same identity; outputs kept.
     Skipped,
+    /// Completed, but the result is suspect: `diverged: …`, `stopped early: …`, `degenerate: …`.
+    Flagged(String),
     /// Stopped by Ctrl-C (or a termination signal); the next invocation does it again.
     Interrupted,
     /// Failed, with the reason.
@@ -48,13 +50,14 @@ impl Status {
         match self {
             Status::Ok | Status::Skipped => "ok".into(),
             Status::Interrupted => "interrupted".into(),
+            Status::Flagged(why) => why.clone(),
             Status::Failed(reason) => reason.replace('\n', " "),
         }
     }
 
-    /// Whether the run's outputs are complete.
+    /// Whether the run's outputs are complete (flagged runs' too).
     pub fn is_complete(&self) -> bool {
-        matches!(self, Status::Ok | Status::Skipped)
+        matches!(self, Status::Ok | Status::Skipped | Status::Flagged(_))
     }
 }
 
@@ -165,7 +168,7 @@ pub fn write_run_record(dir: &Path, h: &RecordHeader, s: &RunSummary) -> Result<
 fn result_table(s: &RunSummary) -> Table {
     let mut r = Table::new();
     let f = Value::Float;
-    r.insert("status".into(), Value::String("ok".into()));
+    r.insert("status".into(), Value::String(s.status.cell()));
     r.insert("iterations".into(), Value::Integer(s.iterations as i64));
     r.insert("evals".into(), Value::Integer(s.evals as i64));
     r.insert("seconds".into(), f(s.seconds));
@@ -204,6 +207,8 @@ pub struct RunRecord {
     pub peak_rss_mib: Option<f64>,
     /// The loss curve, from `losses.csv`.
     pub curve: Vec<CurvePoint>,
+    /// Why the result was flagged (`diverged: …`), when it was.
+    pub flag: Option<String>,
 }
 
 /// Reads a complete run's record, or `None` when there is none or it is unreadable (the run is
@@ -239,6 +244,7 @@ pub fn read_run_record(dir: &Path) -> Option<RunRecord> {
         device: t.get("device").and_then(|v| v.as_str()).unwrap_or("").to_string(),
         peak_rss_mib: num("peak_rss_mib"),
         curve: read_curve(&dir.join("losses.csv")),
+        flag: result.get("status").and_then(|s| s.as_str()).filter(|s| *s != "ok").map(String::from),
     })
 }
 

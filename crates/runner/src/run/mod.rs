@@ -4,8 +4,9 @@
 //! callback and knows nothing of terminals.
 
 mod inputs;
-mod optimise;
+pub(crate) mod optimise;
 mod preflight;
+mod verdict;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -141,7 +142,7 @@ pub fn execute(
         execute_steps(session, run, dir, force, progress, &mut summary)
     }));
     // A skipped run keeps the peak recorded when it ran, not this process's.
-    if !matches!(result, Ok(Ok(Status::Skipped))) {
+    if !matches!(result, Ok(Ok(Status::Skipped | Status::Flagged(_)))) {
         summary.peak_rss_mib = peak_rss_mib();
     }
     summary.status = match result {
@@ -177,8 +178,10 @@ fn execute_steps(
     let (net, weights) = session.network(p, &device)?;
     let inputs = inputs::resolve(session, p, weights)?;
     let id = inputs::identity(p, &inputs);
-    if !force && skip_if_complete(dir, &id, summary) {
-        return Ok(Status::Skipped);
+    if !force {
+        if let Some(status) = skip_if_complete(dir, &id, summary) {
+            return Ok(status);
+        }
     }
     let setup = inputs::Setup::build(&net, p, &inputs, &device)?;
     progress(Progress::Started { iterations: p.optimizer.iterations.get(), device: summary.device.clone() });
@@ -188,20 +191,25 @@ fn execute_steps(
     summary.seconds = trace.seconds;
     summary.final_terms = trace.rows.last().map(|r| r.terms.clone());
     summary.curve = trace.curve();
-    optimise::write_outputs(dir, run, &setup, &trace)?;
+    let image = optimise::write_outputs(dir, run, &setup, &trace)?;
+    let status = match verdict::verdict(&trace, p.optimizer.iterations.get(), &image) {
+        Some(why) => Status::Flagged(why),
+        None => Status::Ok,
+    };
+    summary.status = status.clone();
     summary.peak_rss_mib = peak_rss_mib();
     let header =
         crate::record::RecordHeader { id: &id, inputs: &inputs.named(), width: setup.width, height: setup.height };
     crate::record::write_run_record(dir, &header, summary)?;
-    Ok(Status::Ok)
+    Ok(status)
 }
 
-/// Whether `dir` holds the complete outputs of a run of identity `id`; fills `summary` from its
-/// record when it does.
-fn skip_if_complete(dir: &Path, id: &str, summary: &mut RunSummary) -> bool {
-    let Some(prev) = read_run_record(dir) else { return false };
+/// The status of the complete outputs of a run of identity `id` in `dir` (`Skipped`, or the
+/// flag it was recorded with), filling `summary` from its record; `None` when there are none.
+fn skip_if_complete(dir: &Path, id: &str, summary: &mut RunSummary) -> Option<Status> {
+    let prev = read_run_record(dir)?;
     if prev.id != id || !dir.join("output.png").is_file() || !dir.join("losses.csv").is_file() {
-        return false;
+        return None;
     }
     summary.final_terms = Some(prev.final_terms);
     summary.iterations = prev.iterations;
@@ -210,5 +218,8 @@ fn skip_if_complete(dir: &Path, id: &str, summary: &mut RunSummary) -> bool {
     summary.device = prev.device;
     summary.peak_rss_mib = prev.peak_rss_mib;
     summary.curve = prev.curve;
-    true
+    Some(match prev.flag {
+        Some(why) => Status::Flagged(why),
+        None => Status::Skipped,
+    })
 }

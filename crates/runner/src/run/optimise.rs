@@ -21,7 +21,7 @@ use super::Progress;
 
 /// The objective at one iterate: one row of `losses.csv`.
 #[derive(Clone, Debug)]
-pub(super) struct LossRow {
+pub(crate) struct LossRow {
     /// The iterate (0: the start).
     pub iteration: usize,
     /// Evaluations made when it was recorded.
@@ -38,8 +38,21 @@ struct EvalRecord {
     seconds: f64,
 }
 
+/// Why the optimisation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Every planned iteration was made.
+    Completed,
+    /// The evaluation budget (`max_evals`) was spent.
+    MaxEvals,
+    /// The optimizer's own test said no further step would move.
+    Converged,
+}
+
 /// What the optimisation did.
-pub(super) struct Trace {
+pub(crate) struct Trace {
+    /// Why it ended.
+    pub stop: Stop,
     /// One row per iterate, the last one the final iterate's.
     pub rows: Vec<LossRow>,
     /// Steps made.
@@ -93,11 +106,13 @@ pub(super) fn optimise(
     let (iterations, save_every) = (p.optimizer.iterations.get(), p.output.save_every.get());
     let t0 = Instant::now();
     let mut step = 0;
+    let mut stop = Stop::Completed;
     while step < iterations {
         if interrupt.load(Ordering::SeqCst) {
             return Err(Error::Interrupted);
         }
         if p.optimizer.max_evals.is_some_and(|m| opt.evals() >= m.get()) {
+            stop = Stop::MaxEvals;
             break;
         }
         let mut closure = |xk: &Tensor| -> optim::Result<(f64, Tensor)> {
@@ -126,6 +141,7 @@ pub(super) fn optimise(
             save_png(&setup.pre.to_image(&x)?, &dir.join(format!("snapshot_{step:05}.png")))?;
         }
         if report.converged {
+            stop = Stop::Converged;
             break;
         }
     }
@@ -135,13 +151,14 @@ pub(super) fn optimise(
         let terms = setup.objective.terms(&x)?;
         rows.push(LossRow { iteration: step, evals: opt.evals(), seconds, terms });
     }
-    Ok(Trace { rows, iterations: step, evals: opt.evals(), seconds, x })
+    Ok(Trace { stop, rows, iterations: step, evals: opt.evals(), seconds, x })
 }
 
-/// Writes `output.png`, `losses.csv` and `loss.png` into `dir`.
-pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: &Trace) -> Result<()> {
+/// Writes `output.png`, `losses.csv` and `loss.png` into `dir`; the output image.
+pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: &Trace) -> Result<image::RgbImage> {
     let p = &run.params;
-    save_png(&setup.pre.to_image(&trace.x)?, &dir.join("output.png"))?;
+    let image = setup.pre.to_image(&trace.x)?;
+    save_png(&image, &dir.join("output.png"))?;
     write_losses(&dir.join("losses.csv"), p, &trace.rows)?;
     let o = &p.objective;
     let weighted = |f: &dyn Fn(&Terms) -> f64| trace.rows.iter().map(|r| (r.iteration as f64, f(&r.terms))).collect();
@@ -155,7 +172,8 @@ pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: 
     if o.tv_weight.0 > 0.0 {
         series.push(Series { name: "tv".into(), points: weighted(&|t| o.tv_weight.0 * t.tv) });
     }
-    plot_log(&dir.join("loss.png"), &run.label, "iteration", &series, (640, 400))
+    plot_log(&dir.join("loss.png"), &run.label, "iteration", &series, (640, 400))?;
+    Ok(image)
 }
 
 /// The column names of `losses.csv`.

@@ -346,3 +346,41 @@ fn transfer_writes_the_image_and_its_run_files() {
         assert!(help.contains(&format!("--{}", p.key.replace('_', "-"))), "--help lacks {}", p.key);
     }
 }
+
+/// Issue 12: `style_weight = 1e38` ended in a black image and `noise_std = 1e308` in saturated
+/// noise, both recorded `ok`. Suspect results are now flagged, in the summary and the record,
+/// and stay flagged when a later invocation skips them.
+#[test]
+fn suspect_results_are_flagged_not_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+        name = "suspect"
+        [defaults]
+        content = "CONTENT"
+        style = "STYLE"
+        size = 64
+        iterations = 5
+        [[run]]
+        name = "huge_style_weight"
+        style_weight = 1e38
+        [[run]]
+        name = "huge_noise"
+        init = "noise"
+        noise_std = 1e308
+        [[run]]
+        name = "fine"
+    "#;
+    let s = spec(dir.path(), body);
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let summary = std::fs::read_to_string(dir.path().join("res/suspect/summary.csv")).unwrap();
+    let row = |name: &str| summary.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+    assert!(row("huge_style_weight").contains("degenerate: the output is a constant image"), "{summary}");
+    assert!(row("huge_noise").contains("degenerate:") && row("huge_noise").contains("saturated"), "{summary}");
+    assert!(row("fine").contains(",ok,"), "{summary}");
+    let record = std::fs::read_to_string(dir.path().join("res/suspect/huge_noise/run.toml")).unwrap();
+    assert!(record.contains("status = \"degenerate:"), "{record}");
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.path().join("res/suspect/summary.csv")).unwrap(), summary);
+}
