@@ -27,6 +27,8 @@ pub struct TransferArgs {
     output: PathBuf,
     blend: Option<String>,
     params: Vec<(&'static str, String)>,
+    /// Run even when the estimated peak memory exceeds the memory available.
+    pub no_memory_check: bool,
     /// Dry run and force.
     pub common: CommonArgs,
 }
@@ -62,6 +64,12 @@ impl Args for TransferArgs {
                     .help("The output image (.png or .jpg); losses.csv, loss.png, run.toml go to the folder OUT without its extension"),
             )
             .arg(
+                Arg::new("no-memory-check")
+                    .long("no-memory-check")
+                    .action(ArgAction::SetTrue)
+                    .help("Run even when the estimated peak memory exceeds the memory available"),
+            )
+            .arg(
                 Arg::new("style-blend-weights")
                     .long("style-blend-weights")
                     .value_name("W1,W2,…")
@@ -90,6 +98,7 @@ impl FromArgMatches for TransferArgs {
             styles: m.get_many::<String>("style").map(|v| v.cloned().collect()).unwrap_or_default(),
             output: m.get_one::<PathBuf>("output").cloned().unwrap_or_default(),
             blend: text("style-blend-weights"),
+            no_memory_check: m.get_flag("no-memory-check"),
             params: flag_params().filter_map(|p| text(p.key).map(|v| (p.key, v))).collect(),
             common: CommonArgs::from_arg_matches(m)?,
         })

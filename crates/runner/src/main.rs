@@ -9,6 +9,7 @@
 //! ```
 
 mod cli;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ enum Command {
     Fetch,
     /// Build docs/ablations.md and its figures from the results of the ablation experiments.
     Report(ReportArgs),
+    /// Internal: run one run given on stdin, reporting on stdout (each run of a sweep runs so).
+    #[command(name = "__worker", hide = true)]
+    Worker,
 }
 
 #[derive(Args)]
@@ -78,6 +82,13 @@ struct RunArgs {
     /// Any run parameter for every run: `--set style_weight=1e4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
     set: Vec<String>,
+    /// Run even runs whose estimated peak memory exceeds the memory available.
+    #[arg(long)]
+    no_memory_check: bool,
+    /// Run every run inside this process instead of one process per run (faster for many tiny
+    /// runs; a crash or an aborted allocation then ends the whole sweep).
+    #[arg(long)]
+    in_process: bool,
     /// The most runs a spec may expand to.
     #[arg(long, default_value_t = Limits::default().max_runs)]
     max_runs: u64,
@@ -173,6 +184,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         }
         Some(Command::Schema(s)) => schema(&s),
         Some(Command::Transfer(t)) => transfer(t, assets),
+        Some(Command::Worker) => worker::worker_main(assets),
         None => run_spec(cli.run, assets),
     }
 }
@@ -225,20 +237,28 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let mut session = Session::new(assets, interrupt.clone());
     session.spec_dir = spec_path.parent().map(|p| p.to_path_buf());
+    // Inputs and memory are checked, so a plan that prints runs.
+    let checked = preflight(&session, &exp, !a.no_memory_check)?;
     if a.common.dry_run {
-        // Inputs are checked, so a plan that prints runs.
-        preflight(&session, &exp)?;
-        print_plan(&exp, &exp_dir);
+        print_plan(&exp, &exp_dir, &checked);
         return Ok(ExitCode::SUCCESS);
     }
-    preflight(&session, &exp)?;
     install_ctrl_c(interrupt.clone())?;
-    let summaries = run_all(&mut session, &exp, Some(&exp_dir), a.common.force, |r| exp_dir.join(&r.name))?;
+    let mode = RunMode { force: a.common.force, isolated: !a.in_process, interrupt: interrupt.clone() };
+    let summaries = run_all(&mut session, &exp, Some(&exp_dir), &mode, |r| exp_dir.join(&r.name))?;
     finish(&exp, &exp_dir, &summaries, &interrupt)
 }
 
-fn print_plan(exp: &Experiment, exp_dir: &Path) {
-    let text = format!("# -> {}\n{}", exp_dir.display(), exp.to_spec());
+fn print_plan(exp: &Experiment, exp_dir: &Path, checked: &[runner::run::Checked]) {
+    let sizes: Vec<String> = exp
+        .runs
+        .iter()
+        .zip(checked)
+        .map(|(r, c)| {
+            format!("#   {}: {}×{} px, about {:.0} MiB at its peak", r.name, c.width, c.height, c.memory.peak_mib)
+        })
+        .collect();
+    let text = format!("# -> {}\n{}\n{}", exp_dir.display(), sizes.join("\n"), exp.to_spec());
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
 }
@@ -253,6 +273,16 @@ fn install_ctrl_c(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")
 }
 
+/// How runs are executed.
+struct RunMode {
+    /// Redo complete runs.
+    force: bool,
+    /// Each run in its own process ([`worker`]).
+    isolated: bool,
+    /// Set by Ctrl-C.
+    interrupt: Arc<AtomicBool>,
+}
+
 /// Runs every run of `exp`, each into `dir_of(run)`, with progress bars; the experiment's
 /// outputs are rewritten into `exp_dir` after each run (a failure to write them is reported,
 /// never fatal).
@@ -260,7 +290,7 @@ fn run_all(
     session: &mut Session,
     exp: &Experiment,
     exp_dir: Option<&Path>,
-    force: bool,
+    mode: &RunMode,
     dir_of: impl Fn(&spec::PlannedRun) -> PathBuf,
 ) -> anyhow::Result<Vec<RunSummary>> {
     let multi = MultiProgress::new();
@@ -285,7 +315,18 @@ fn run_all(
                 bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / iteration as f64));
             }
         };
-        let s = execute(session, run, &dir_of(run), force, &mut on_progress);
+        let s = if mode.isolated {
+            worker::execute_isolated(
+                run,
+                &dir_of(run),
+                mode.force,
+                session.spec_dir.as_deref(),
+                &mode.interrupt,
+                &mut on_progress,
+            )
+        } else {
+            execute(session, run, &dir_of(run), mode.force, &mut on_progress)
+        };
         bar.finish_and_clear();
         let line = status_line(&s);
         if multi.is_hidden() {
@@ -358,14 +399,16 @@ fn transfer(t: cli::TransferArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     let run_dir = out.with_extension("");
     let interrupt = Arc::new(AtomicBool::new(false));
     let session = Session::new(assets, interrupt.clone());
-    preflight(&session, &exp)?;
+    let checked = preflight(&session, &exp, !t.no_memory_check)?;
     if t.common.dry_run {
-        print_plan(&exp, &run_dir);
+        print_plan(&exp, &run_dir, &checked);
         return Ok(ExitCode::SUCCESS);
     }
     let mut session = session;
     install_ctrl_c(interrupt.clone())?;
-    let summaries = run_all(&mut session, &exp, None, t.common.force, |_| run_dir.clone())?;
+    // One run: in this process (nothing else to protect).
+    let mode = RunMode { force: t.common.force, isolated: false, interrupt: interrupt.clone() };
+    let summaries = run_all(&mut session, &exp, None, &mode, |_| run_dir.clone())?;
     if summaries.iter().all(|s| s.status.is_complete()) {
         cli::write_final_image(&run_dir.join("output.png"), &out)?;
         eprintln!("wrote {} (run files in {})", out.display(), run_dir.display());

@@ -4,6 +4,7 @@
 //! callback and knows nothing of terminals.
 
 mod inputs;
+pub mod memory;
 pub(crate) mod optimise;
 mod preflight;
 mod verdict;
@@ -26,7 +27,7 @@ use crate::{Error, Result};
 
 pub use inputs::noise;
 pub use optimise::loss_columns;
-pub use preflight::preflight;
+pub use preflight::{preflight, Checked};
 
 /// What a run reports while it runs.
 #[derive(Clone, Debug)]

@@ -1,5 +1,6 @@
 //! Checking every input of a plan before anything runs: images exist, hash and decode; weights
-//! files exist; devices open. Every problem is reported at once, each at its key in the spec.
+//! files exist; devices open; each run's estimated peak memory fits the memory available
+//! ([`super::memory`]). Every problem is reported at once, each at its key in the spec.
 
 use std::collections::BTreeSet;
 
@@ -9,18 +10,74 @@ use crate::params::Init;
 use crate::spec::{Experiment, PlannedRun};
 use crate::{Error, Result};
 
+use super::memory::{self, MemoryEstimate};
 use super::Session;
+
+/// The output size of run `p`: from the content image's header and the size rule.
+fn output_size(session: &Session, p: &crate::params::RunParams) -> Option<(u32, u32)> {
+    match &p.inputs.content.0 {
+        Some(c) => {
+            let a = session.image(&c.0).ok()?;
+            let (w, h) = image::image_dimensions(&a.path).ok()?;
+            Some(p.resize().target(w, h))
+        }
+        None => Some(match p.resize() {
+            vgg::Resize::Exact { width, height } => (width, height),
+            vgg::Resize::LongSide(n) => (n, n),
+            vgg::Resize::Keep => (512, 512),
+        }),
+    }
+}
+
+fn memory_message(c: &Checked, avail: f64) -> String {
+    let gib = |m: f64| m / 1024.0;
+    format!(
+        "at {}×{} this run needs about {:.1} GiB (of which {:.1} GiB the optimizer's stored vectors), and {:.1} GiB \
+         are available: lower `size`, or `history` (L-BFGS keeps two image-sized vectors per step of history), or \
+         pass --no-memory-check to run anyway",
+        c.width,
+        c.height,
+        gib(c.memory.peak_mib),
+        gib(c.memory.optimizer_mib),
+        gib(avail)
+    )
+}
 
 /// The spec path of `key` in run `r` (where it was set), or the run itself.
 fn path_of(r: &PlannedRun, key: &str) -> String {
     r.given.get(key).map_or_else(|| format!("run `{}`: {key} (default)", r.name), |g| g.path.clone())
 }
 
-/// Checks every input of `exp`; all problems at once.
-pub fn preflight(session: &Session, exp: &Experiment) -> Result<()> {
+/// What preflight learnt of a run.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The output's width in pixels.
+    pub width: u32,
+    /// The output's height in pixels.
+    pub height: u32,
+    /// Its estimated peak memory.
+    pub memory: MemoryEstimate,
+}
+
+/// Checks every input of `exp` and, when `check_memory`, that each run's estimated peak memory
+/// fits the memory available; all problems at once. Returns each run's size and estimate.
+pub fn preflight(session: &Session, exp: &Experiment, check_memory: bool) -> Result<Vec<Checked>> {
     let mut diags = Diagnostics::default();
     let mut seen = BTreeSet::new();
+    let available = memory::available_mib();
+    let mut checked = Vec::new();
     for r in &exp.runs {
+        let c = output_size(session, &r.params).map(|(width, height)| Checked {
+            width,
+            height,
+            memory: memory::estimate(&r.params, width, height),
+        });
+        if let (true, Some(c), Some(avail)) = (check_memory, &c, available) {
+            if c.memory.peak_mib > avail {
+                diags.push(exp.diagnostic(&path_of(r, "size"), memory_message(c, avail)));
+            }
+        }
+        checked.extend(c);
         let p = &r.params;
         let mut images: Vec<(&str, &str)> = p.inputs.style.0.iter().map(|s| ("style", s.image.0.as_str())).collect();
         images.extend(p.inputs.content.0.as_ref().map(|c| ("content", c.0.as_str())));
@@ -48,7 +105,7 @@ pub fn preflight(session: &Session, exp: &Experiment) -> Result<()> {
         }
     }
     if diags.is_empty() {
-        Ok(())
+        Ok(checked)
     } else {
         Err(Error::Spec(Box::new(diags)))
     }

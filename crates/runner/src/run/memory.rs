@@ -1,0 +1,110 @@
+//! The memory plan: a run's peak resident memory, estimated before it starts from its output
+//! size, its layers and its optimizer, and the memory this machine has for it. A run whose
+//! estimate does not fit is refused while planning, instead of aborting half-way.
+//!
+//! The model (measured on the CPU path, `docs/performance.md`): a fixed part, the weights and
+//! their Winograd-domain kernels (forward and backward, 36/9 of the 3×3 kernel each) for the
+//! convolutions the run uses, and per output pixel 2.4× the activations the backward pass
+//! keeps (every ReLU and pooling output up to the deepest layer) plus the image-sized vectors
+//! of the optimizer (L-BFGS: two per stored pair; Adam: two moments).
+
+use vgg::{ConvId, Layer};
+
+use crate::params::{OptimizerKind, RunParams};
+
+/// MiB of the process before any activation: the binary, the allocator, all VGG19 weights as
+/// float32 (80 MB) and the decoded images (fitted: 97 MiB with a two-convolution network).
+const FIXED_MIB: f64 = 97.0;
+/// Bytes of memory per byte of used convolution weights: the weights' Winograd-domain kernels,
+/// forward and backward (4× each), and the rest (fitted: 8.7).
+const PER_WEIGHT_BYTE: f64 = 8.7;
+/// Bytes of memory per byte of kept activations: the tape, the gradients flowing back and the
+/// transforms' buffers (fitted: 2.4).
+const PER_TAPE_BYTE: f64 = 2.4;
+/// Bytes per output pixel independent of the layers: the image, its gradient, the optimizer's
+/// current vectors, the content image (fitted: 77).
+const PER_PIXEL: f64 = 77.0;
+
+/// The estimate of one run's peak memory, and what it is made of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryEstimate {
+    /// Peak resident memory, MiB.
+    pub peak_mib: f64,
+    /// Of which the optimizer's stored image-sized vectors, MiB.
+    pub optimizer_mib: f64,
+}
+
+/// The deepest layer a run reads.
+fn deepest(p: &RunParams) -> Option<Layer> {
+    p.objective.content_layers.0.iter().copied().chain(p.objective.style_layers.layers()).max()
+}
+
+/// Estimates the peak resident memory of run `p` at an output of `width`×`height`.
+pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
+    let px = f64::from(width) * f64::from(height);
+    let (mut weights, mut tape) = (0f64, 0f64);
+    if let Some(last) = deepest(p) {
+        for c in ConvId::all().take(last.conv().ordinal() + 1) {
+            weights += (c.out_channels() * c.in_channels() * 9 * 4) as f64;
+            let scale = f64::from(1u32 << (2 * (c.block() - 1)));
+            tape += c.out_channels() as f64 * 4.0 / scale;
+            if c.ends_block() && Layer::Pool(c.block() as u8) <= last {
+                tape += c.out_channels() as f64 * 4.0 / (scale * 4.0);
+            }
+        }
+    }
+    let iterations = p.optimizer.iterations.get() as f64;
+    let vectors = match p.optimizer.optimizer {
+        OptimizerKind::Lbfgs => 2.0 * (iterations - 1.0).clamp(0.0, p.optimizer.history.get() as f64),
+        OptimizerKind::Adam => 2.0,
+    };
+    let mib = |bytes: f64| bytes / f64::from(1u32 << 20);
+    let optimizer_mib = mib(vectors * 3.0 * 4.0 * px);
+    let peak_mib =
+        FIXED_MIB + mib(PER_WEIGHT_BYTE * weights) + mib(px * (PER_TAPE_BYTE * tape + PER_PIXEL)) + optimizer_mib;
+    MemoryEstimate { peak_mib, optimizer_mib }
+}
+
+/// The memory this process may still use, MiB: the least of the machine's available memory,
+/// the cgroup's limit less its usage, and the address-space limit (`ulimit -v`). `None` where
+/// none of them can be read (not Linux).
+pub fn available_mib() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+    });
+    let cgroup = (|| {
+        let max: f64 = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?.trim().parse().ok()?;
+        let cur: f64 = std::fs::read_to_string("/sys/fs/cgroup/memory.current").ok()?.trim().parse().ok()?;
+        Some((max - cur).max(0.0) / 1048576.0)
+    })();
+    let rlimit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("Max address space"))?;
+        let soft = line.split_whitespace().nth(3)?;
+        soft.parse::<f64>().ok().map(|b| b / 1048576.0)
+    });
+    [meminfo, cgroup, rlimit].into_iter().flatten().reduce(f64::min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_estimate_grows_with_size_depth_and_history() {
+        let mut p = RunParams::default();
+        p.optimizer.iterations = crate::params::types::Int(2);
+        let small = estimate(&p, 256, 192).peak_mib;
+        let large = estimate(&p, 1024, 768).peak_mib;
+        assert!(large > 3.0 * small, "{small} {large}");
+        let mut shallow = p.clone();
+        shallow.objective.style_layers = crate::params::StyleLayers(vec![]);
+        shallow.objective.content_layers = crate::params::Layers(vec!["relu1_2".parse().unwrap()]);
+        assert!(estimate(&shallow, 1024, 768).peak_mib < large / 2.0);
+        let mut long = p.clone();
+        long.optimizer.iterations = crate::params::types::Int(500);
+        // 100 pairs (the history) of two 1024×768×3 float vectors: 1800 MiB.
+        let e = estimate(&long, 1024, 768);
+        assert!((e.optimizer_mib - 1800.0).abs() < 0.01, "{e:?}");
+    }
+}

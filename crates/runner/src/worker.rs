@@ -1,0 +1,271 @@
+//! Each run in its own process, so that nothing one run does (a panic, an allocation that
+//! aborts, the kernel's OOM killer) can take down the sweep: the parent records that run as
+//! failed, with the child's last words, and goes on. A process per run also makes each run's
+//! peak memory its own.
+//!
+//! The parent starts `runner __worker` and writes the run to its stdin as TOML (the resolved
+//! parameters, as `run.toml` holds them); the child runs it and writes one JSON line per
+//! event to its stdout (`started`, `step`, then `end` with the status). Interruption travels
+//! the same way: the parent writes `interrupt` on the child's stdin (and a closed stdin, when
+//! the parent dies, means the same), so the child stops after its current step.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use runner::assets::Assets;
+use runner::params::RunParams;
+use runner::record::{read_run_record, RunSummary, Status};
+use runner::run::{execute, Progress, Session};
+use runner::spec::{PlannedRun, Swept};
+use serde_json::{json, Value as Json};
+use toml::{Table, Value};
+
+/// What a worker is asked to do.
+fn payload(run: &PlannedRun, dir: &Path, force: bool, spec_dir: Option<&Path>) -> String {
+    let mut t = Table::new();
+    t.insert("dir".into(), Value::String(dir.display().to_string()));
+    t.insert("force".into(), Value::Boolean(force));
+    if let Some(d) = spec_dir {
+        t.insert("spec_dir".into(), Value::String(d.display().to_string()));
+    }
+    t.insert("name".into(), Value::String(run.name.clone()));
+    t.insert("label".into(), Value::String(run.label.clone()));
+    let swept = run
+        .swept
+        .iter()
+        .map(|s| {
+            let mut e = Table::new();
+            e.insert("key".into(), Value::String(s.key.clone()));
+            e.insert("label".into(), Value::String(s.label.clone()));
+            Value::Table(e)
+        })
+        .collect();
+    t.insert("swept".into(), Value::Array(swept));
+    t.insert("params".into(), Value::Table(run.params.to_table()));
+    toml::to_string(&t).unwrap_or_default()
+}
+
+/// The parent's side: runs `run` in a worker process and returns its summary.
+pub fn execute_isolated(
+    run: &PlannedRun,
+    dir: &Path,
+    force: bool,
+    spec_dir: Option<&Path>,
+    interrupt: &Arc<AtomicBool>,
+    progress: &mut dyn FnMut(Progress),
+) -> RunSummary {
+    let mut summary = RunSummary::new(run);
+    match supervise(run, dir, force, spec_dir, interrupt, progress, &mut summary) {
+        Ok(status) => summary.status = status,
+        Err(e) => summary.status = Status::Failed(format!("{e:#}")),
+    }
+    summary
+}
+
+fn supervise(
+    run: &PlannedRun,
+    dir: &Path,
+    force: bool,
+    spec_dir: Option<&Path>,
+    interrupt: &Arc<AtomicBool>,
+    progress: &mut dyn FnMut(Progress),
+    summary: &mut RunSummary,
+) -> anyhow::Result<Status> {
+    let exe = std::env::current_exe().context("finding the runner's own executable")?;
+    let mut child = Command::new(exe)
+        .arg("__worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the run's process")?;
+    let mut stdin = child.stdin.take().context("the worker's stdin")?;
+    stdin.write_all(payload(run, dir, force, spec_dir).as_bytes())?;
+    stdin.write_all(b"\n%%\n")?;
+    stdin.flush()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (interrupt, done) = (interrupt.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if interrupt.load(Ordering::SeqCst) {
+                    let _ = stdin.write_all(b"interrupt\n").and_then(|_| stdin.flush());
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let last_words = Arc::new(Mutex::new(Vec::<String>::new()));
+    let err_reader = {
+        let stderr = child.stderr.take().context("the worker's stderr")?;
+        let last_words = last_words.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Backtrace frames say nothing to a user; the message before them does.
+                let t = line.trim_start();
+                let frame = t.split_once(": ").is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
+                    || t.starts_with("at ")
+                    || t.starts_with("stack backtrace")
+                    || t.starts_with("note: Some details");
+                if frame || t.is_empty() {
+                    continue;
+                }
+                let mut w = last_words.lock().unwrap_or_else(|e| e.into_inner());
+                w.push(line);
+                if w.len() > 8 {
+                    w.remove(0);
+                }
+            }
+        })
+    };
+    let mut end: Option<Json> = None;
+    let stdout = child.stdout.take().context("the worker's stdout")?;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let Ok(event) = serde_json::from_str::<Json>(&line) else { continue };
+        match event["event"].as_str() {
+            Some("started") => progress(Progress::Started {
+                iterations: event["iterations"].as_u64().unwrap_or(0) as usize,
+                device: event["device"].as_str().unwrap_or("").to_string(),
+            }),
+            Some("step") => progress(Progress::Step {
+                iteration: event["iteration"].as_u64().unwrap_or(0) as usize,
+                evals: event["evals"].as_u64().unwrap_or(0) as usize,
+                total: event["total"].as_f64().unwrap_or(f64::NAN),
+                seconds: event["seconds"].as_f64().unwrap_or(0.0),
+            }),
+            Some("end") => end = Some(event),
+            _ => {}
+        }
+    }
+    let exit = child.wait().context("waiting for the run's process")?;
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    let _ = err_reader.join();
+    let Some(end) = end else {
+        let words = last_words.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
+        return Ok(Status::Failed(format!("the run's process died ({}): {words}", describe_exit(&exit))));
+    };
+    summary.device = end["device"].as_str().unwrap_or("").to_string();
+    summary.seconds = end["seconds"].as_f64().unwrap_or(0.0);
+    summary.peak_rss_mib = end["peak_rss_mib"].as_f64();
+    let reason = end["reason"].as_str().unwrap_or("").to_string();
+    Ok(match end["status"].as_str() {
+        Some("ok" | "skipped" | "flagged") => {
+            let Some(rec) = read_run_record(dir) else {
+                return Ok(Status::Failed("the run's process ended without its run.toml".into()));
+            };
+            summary.final_terms = Some(rec.final_terms);
+            summary.iterations = rec.iterations;
+            summary.evals = rec.evals;
+            summary.seconds = rec.seconds;
+            summary.device = rec.device;
+            summary.peak_rss_mib = rec.peak_rss_mib;
+            summary.curve = rec.curve;
+            match (end["status"].as_str(), rec.flag) {
+                (_, Some(why)) => Status::Flagged(why),
+                (Some("skipped"), None) => Status::Skipped,
+                _ => Status::Ok,
+            }
+        }
+        Some("interrupted") => Status::Interrupted,
+        _ => Status::Failed(reason),
+    })
+}
+
+fn describe_exit(s: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = s.signal() {
+            let name = match sig {
+                6 => " (SIGABRT: an allocation failed or the process aborted)",
+                9 => " (SIGKILL: killed, often by the kernel when memory runs out)",
+                11 => " (SIGSEGV)",
+                _ => "",
+            };
+            return format!("signal {sig}{name}");
+        }
+    }
+    format!("exit status {}", s.code().unwrap_or(-1))
+}
+
+fn emit(event: Json) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{event}");
+    let _ = out.flush();
+}
+
+/// The child's side, `runner __worker`: reads its run from stdin, runs it, reports on stdout.
+pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
+    let mut text = String::new();
+    let mut stdin = BufReader::new(std::io::stdin());
+    loop {
+        let mut line = String::new();
+        if stdin.read_line(&mut line)? == 0 || line.trim_end() == "%%" {
+            break;
+        }
+        text += &line;
+    }
+    let t: Table = text.parse().context("the worker's payload")?;
+    let get = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let params = RunParams::from_table(t.get("params").and_then(|v| v.as_table()).context("params")?)
+        .map_err(|(k, p)| anyhow::anyhow!("params.{k}: {}", p.message))?;
+    let swept = t
+        .get("swept")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|s| Swept {
+                    key: s["key"].as_str().unwrap_or("").into(),
+                    label: s["label"].as_str().unwrap_or("").into(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let run = PlannedRun { name: get("name"), label: get("label"), params, swept, given: Default::default() };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        // `interrupt` on stdin, or stdin closed (the parent is gone): stop after this step.
+        let flag = interrupt.clone();
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stdin.read_to_string(&mut rest);
+            flag.store(true, Ordering::SeqCst);
+        });
+        let flag = interrupt.clone();
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let mut session = Session::new(assets, interrupt);
+    session.spec_dir = t.get("spec_dir").and_then(|v| v.as_str()).map(PathBuf::from);
+    let force = t.get("force").and_then(|v| v.as_bool()).unwrap_or(false);
+    let mut on_progress = |p: Progress| match p {
+        Progress::Started { iterations, device } => {
+            emit(json!({"event": "started", "iterations": iterations, "device": device}))
+        }
+        Progress::Step { iteration, evals, total, seconds } => {
+            emit(json!({"event": "step", "iteration": iteration, "evals": evals, "total": total, "seconds": seconds}))
+        }
+    };
+    let s = execute(&mut session, &run, Path::new(&get("dir")), force, &mut on_progress);
+    let (status, reason) = match &s.status {
+        Status::Ok => ("ok", String::new()),
+        Status::Skipped => ("skipped", String::new()),
+        Status::Flagged(w) => ("flagged", w.clone()),
+        Status::Interrupted => ("interrupted", String::new()),
+        Status::Failed(r) => ("failed", r.clone()),
+    };
+    emit(
+        json!({"event": "end", "status": status, "reason": reason, "seconds": s.seconds, "device": s.device, "peak_rss_mib": s.peak_rss_mib}),
+    );
+    Ok(ExitCode::SUCCESS)
+}
