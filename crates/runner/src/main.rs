@@ -22,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runner::assets::Assets;
 use runner::record::{RunSummary, Status};
-use runner::run::{execute, preflight, Progress, Session};
+use runner::run::{execute, preflight, Policy, Progress, Session};
 use runner::spec::{self, Experiment, Limits, Overrides};
 
 #[derive(Parser)]
@@ -285,7 +285,8 @@ struct RunMode {
 
 /// Runs every run of `exp`, each into `dir_of(run)`, with progress bars; the experiment's
 /// outputs are rewritten into `exp_dir` after each run (a failure to write them is reported,
-/// never fatal).
+/// never fatal). Runs another process is computing are left for last, then waited for, so
+/// several runners on one folder share the work and each ends with the whole summary.
 fn run_all(
     session: &mut Session,
     exp: &Experiment,
@@ -299,59 +300,85 @@ fn run_all(
         "{prefix:.bold} [{bar:30}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta}",
     )?);
     total.set_prefix(exp.name.clone());
-    let mut summaries = Vec::new();
-    for run in &exp.runs {
-        let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.get() as u64));
-        bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
-        bar.set_prefix(run.name.clone());
-        bar.enable_steady_tick(Duration::from_millis(500));
-        let mut on_progress = |p: Progress| match p {
-            Progress::Started { iterations, device } => {
-                bar.set_length(iterations as u64);
-                bar.set_message(device);
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    let mut busy = Vec::new();
+    let passes = [Policy { force: mode.force, wait: false }, Policy { force: false, wait: true }];
+    for (pass, policy) in passes.into_iter().enumerate() {
+        let todo: Vec<usize> = if pass == 0 { (0..exp.runs.len()).collect() } else { std::mem::take(&mut busy) };
+        for i in todo {
+            let run = &exp.runs[i];
+            let s = run_one(session, run, &dir_of(run), policy, mode, &multi)?;
+            let stop = s.status == Status::Interrupted;
+            if s.status == Status::Busy {
+                busy.push(i);
+            } else {
+                total.inc(1);
             }
-            Progress::Step { iteration, evals, total, seconds } => {
-                bar.set_position(iteration as u64);
-                bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / iteration as f64));
+            match summaries.iter().position(|x| x.run.name == run.name) {
+                Some(k) => summaries[k] = s,
+                None => summaries.push(s),
             }
-        };
-        let s = if mode.isolated {
-            worker::execute_isolated(
-                run,
-                &dir_of(run),
-                mode.force,
-                session.spec_dir.as_deref(),
-                &mode.interrupt,
-                &mut on_progress,
-            )
-        } else {
-            execute(session, run, &dir_of(run), mode.force, &mut on_progress)
-        };
-        bar.finish_and_clear();
-        let line = status_line(&s);
-        if multi.is_hidden() {
-            eprintln!("{line}");
-        } else {
-            multi.println(line)?;
-        }
-        let stop = s.status == Status::Interrupted;
-        summaries.push(s);
-        total.inc(1);
-        if let Some(dir) = exp_dir {
-            if let Err(e) = runner::report::write_experiment_outputs(dir, exp, &summaries) {
-                eprintln!(
-                    "warning: writing the outputs of {} failed (the runs go on): {}",
-                    dir.display(),
-                    runner::chain(&e)
-                );
+            if let Some(dir) = exp_dir {
+                let mut ordered = summaries.clone();
+                ordered.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
+                if let Err(e) = runner::report::write_experiment_outputs(dir, exp, &ordered) {
+                    eprintln!(
+                        "warning: writing the outputs of {} failed (the runs go on): {}",
+                        dir.display(),
+                        runner::chain(&e)
+                    );
+                }
             }
-        }
-        if stop {
-            break;
+            if stop {
+                total.finish_and_clear();
+                return Ok(summaries);
+            }
         }
     }
     total.finish_and_clear();
+    summaries.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
     Ok(summaries)
+}
+
+/// One run with its progress bar and its status line.
+fn run_one(
+    session: &mut Session,
+    run: &spec::PlannedRun,
+    dir: &Path,
+    policy: Policy,
+    mode: &RunMode,
+    multi: &MultiProgress,
+) -> anyhow::Result<RunSummary> {
+    let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.get() as u64));
+    bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
+    bar.set_prefix(run.name.clone());
+    bar.enable_steady_tick(Duration::from_millis(500));
+    if policy.wait {
+        bar.set_message("waiting for the process computing it");
+    }
+    let mut on_progress = |p: Progress| match p {
+        Progress::Started { iterations, device } => {
+            bar.set_length(iterations as u64);
+            bar.set_message(device);
+        }
+        Progress::Step { iteration, evals, total, seconds } => {
+            bar.set_position(iteration as u64);
+            bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / iteration as f64));
+        }
+    };
+    let s = if mode.isolated {
+        worker::execute_isolated(run, dir, policy, session.spec_dir.as_deref(), &mode.interrupt, &mut on_progress)
+    } else {
+        execute(session, run, dir, policy, &mut on_progress)
+    };
+    bar.finish_and_clear();
+    let line = status_line(&s);
+    if multi.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        multi.println(line)?;
+    }
+    Ok(s)
 }
 
 fn status_line(s: &RunSummary) -> String {
@@ -368,6 +395,7 @@ fn status_line(s: &RunSummary) -> String {
         ),
         Status::Skipped => format!("skipped  {name}: complete from an earlier invocation (--force to redo)"),
         Status::Interrupted => format!("interrupted {name}: it starts again on the next invocation"),
+        Status::Busy => format!("busy     {name}: another process is computing it; waiting for it at the end"),
         Status::Flagged(why) => format!("FLAGGED  {name}: {why} ({} it, {:.1} s)", s.iterations, s.seconds),
         Status::Failed(r) => format!("FAILED   {name}: {r}"),
     }

@@ -38,6 +38,8 @@ pub enum Status {
     Skipped,
     /// Completed, but the result is suspect: `diverged: …`, `stopped early: …`, `degenerate: …`.
     Flagged(String),
+    /// Another process holds the run's lock: it is computing it now.
+    Busy,
     /// Stopped by Ctrl-C (or a termination signal); the next invocation does it again.
     Interrupted,
     /// Failed, with the reason.
@@ -50,6 +52,7 @@ impl Status {
         match self {
             Status::Ok | Status::Skipped => "ok".into(),
             Status::Interrupted => "interrupted".into(),
+            Status::Busy => "running in another process".into(),
             Status::Flagged(why) => why.clone(),
             Status::Failed(reason) => reason.replace('\n', " "),
         }

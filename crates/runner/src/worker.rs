@@ -20,16 +20,17 @@ use anyhow::Context;
 use runner::assets::Assets;
 use runner::params::RunParams;
 use runner::record::{read_run_record, RunSummary, Status};
-use runner::run::{execute, Progress, Session};
+use runner::run::{execute, Policy, Progress, Session};
 use runner::spec::{PlannedRun, Swept};
 use serde_json::{json, Value as Json};
 use toml::{Table, Value};
 
 /// What a worker is asked to do.
-fn payload(run: &PlannedRun, dir: &Path, force: bool, spec_dir: Option<&Path>) -> String {
+fn payload(run: &PlannedRun, dir: &Path, policy: Policy, spec_dir: Option<&Path>) -> String {
     let mut t = Table::new();
     t.insert("dir".into(), Value::String(dir.display().to_string()));
-    t.insert("force".into(), Value::Boolean(force));
+    t.insert("force".into(), Value::Boolean(policy.force));
+    t.insert("wait".into(), Value::Boolean(policy.wait));
     if let Some(d) = spec_dir {
         t.insert("spec_dir".into(), Value::String(d.display().to_string()));
     }
@@ -54,13 +55,13 @@ fn payload(run: &PlannedRun, dir: &Path, force: bool, spec_dir: Option<&Path>) -
 pub fn execute_isolated(
     run: &PlannedRun,
     dir: &Path,
-    force: bool,
+    policy: Policy,
     spec_dir: Option<&Path>,
     interrupt: &Arc<AtomicBool>,
     progress: &mut dyn FnMut(Progress),
 ) -> RunSummary {
     let mut summary = RunSummary::new(run);
-    match supervise(run, dir, force, spec_dir, interrupt, progress, &mut summary) {
+    match supervise(run, dir, policy, spec_dir, interrupt, progress, &mut summary) {
         Ok(status) => summary.status = status,
         Err(e) => summary.status = Status::Failed(format!("{e:#}")),
     }
@@ -70,7 +71,7 @@ pub fn execute_isolated(
 fn supervise(
     run: &PlannedRun,
     dir: &Path,
-    force: bool,
+    policy: Policy,
     spec_dir: Option<&Path>,
     interrupt: &Arc<AtomicBool>,
     progress: &mut dyn FnMut(Progress),
@@ -85,7 +86,7 @@ fn supervise(
         .spawn()
         .context("starting the run's process")?;
     let mut stdin = child.stdin.take().context("the worker's stdin")?;
-    stdin.write_all(payload(run, dir, force, spec_dir).as_bytes())?;
+    stdin.write_all(payload(run, dir, policy, spec_dir).as_bytes())?;
     stdin.write_all(b"\n%%\n")?;
     stdin.flush()?;
     let done = Arc::new(AtomicBool::new(false));
@@ -174,6 +175,7 @@ fn supervise(
             }
         }
         Some("interrupted") => Status::Interrupted,
+        Some("busy") => Status::Busy,
         _ => Status::Failed(reason),
     })
 }
@@ -247,7 +249,8 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
     }
     let mut session = Session::new(assets, interrupt);
     session.spec_dir = t.get("spec_dir").and_then(|v| v.as_str()).map(PathBuf::from);
-    let force = t.get("force").and_then(|v| v.as_bool()).unwrap_or(false);
+    let flag = |k: &str| t.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    let policy = Policy { force: flag("force"), wait: flag("wait") };
     let mut on_progress = |p: Progress| match p {
         Progress::Started { iterations, device } => {
             emit(json!({"event": "started", "iterations": iterations, "device": device}))
@@ -256,12 +259,13 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
             emit(json!({"event": "step", "iteration": iteration, "evals": evals, "total": total, "seconds": seconds}))
         }
     };
-    let s = execute(&mut session, &run, Path::new(&get("dir")), force, &mut on_progress);
+    let s = execute(&mut session, &run, Path::new(&get("dir")), policy, &mut on_progress);
     let (status, reason) = match &s.status {
         Status::Ok => ("ok", String::new()),
         Status::Skipped => ("skipped", String::new()),
         Status::Flagged(w) => ("flagged", w.clone()),
         Status::Interrupted => ("interrupted", String::new()),
+        Status::Busy => ("busy", String::new()),
         Status::Failed(r) => ("failed", r.clone()),
     };
     emit(

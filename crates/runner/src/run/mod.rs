@@ -127,17 +127,60 @@ impl Session {
     }
 }
 
+/// How [`execute`] treats a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Policy {
+    /// Redo a run whose outputs are complete.
+    pub force: bool,
+    /// Wait for a run that another process is computing (instead of returning
+    /// [`Status::Busy`]), then skip it when that process completed it.
+    pub wait: bool,
+}
+
+/// Takes the run's lock (`dir/.lock`, an advisory `flock` the kernel releases when the holding
+/// process ends, however it ends: no stale lock can remain). `None` when another process holds
+/// it and `wait` is false.
+fn lock(dir: &Path, wait: bool) -> Result<Option<std::fs::File>> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let path = dir.join(".lock");
+    let f =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(Error::io(&path))?;
+    if wait {
+        f.lock().map_err(Error::io(&path))?;
+        return Ok(Some(f));
+    }
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Io { path, source: e }),
+    }
+}
+
 /// Runs one planned run into `dir`, or skips it when its outputs are complete and its identity
-/// unchanged (unless `force`). Never panics out: failures become a status.
+/// unchanged (unless `policy.force`). Concurrent runners share the work: a run another process
+/// is computing is [`Status::Busy`] (or waited for, with `policy.wait`). Never panics out:
+/// failures become a status.
 pub fn execute(
     session: &mut Session,
     run: &PlannedRun,
     dir: &Path,
-    force: bool,
+    policy: Policy,
     progress: &mut dyn FnMut(Progress),
 ) -> RunSummary {
     let started = Instant::now();
     let mut summary = RunSummary::new(run);
+    let _lock = match lock(dir, policy.wait) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            summary.status = Status::Busy;
+            return summary;
+        }
+        Err(e) => {
+            summary.status = Status::Failed(crate::error::chain(&e));
+            return summary;
+        }
+    };
+    let force = policy.force;
     reset_peak_rss();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         execute_steps(session, run, dir, force, progress, &mut summary)

@@ -468,3 +468,40 @@ fn memory_is_planned_and_the_estimate_holds() {
     );
     assert!(!dir.path().join("res/big").exists());
 }
+
+/// Issue 12: two runners on one output folder both computed every run. Runs are locked while
+/// computed: started together, the two processes compute each run once between them, and both
+/// end with the complete summary.
+#[test]
+fn concurrent_runners_share_the_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+        name = "shared"
+        [defaults]
+        content = "CONTENT"
+        style = "STYLE"
+        size = 64
+        iterations = 6
+        [sweep]
+        seed = [0, 1, 2, 3, 4, 5]
+        init = ["noise"]
+    "#;
+    let s = spec(dir.path(), body);
+    weights_path();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args([s.to_str().unwrap(), "--out", "res"])
+            .current_dir(dir.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (ea, eb) = (stderr(&a), stderr(&b));
+    assert!(a.status.success() && b.status.success(), "{ea}\n{eb}");
+    let computed = |e: &str| e.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(computed(&ea) + computed(&eb), 6, "each run computed once:\n{ea}\n{eb}");
+    let summary = std::fs::read_to_string(dir.path().join("res/shared/summary.csv")).unwrap();
+    assert_eq!(summary.lines().filter(|l| l.contains(",ok,")).count(), 6, "{summary}");
+}
