@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use crate::{Closure, Error, Optimizer, Result, StepReport, ValueAt};
+use crate::{Closure, Error, Optimizer, Result, State, StepReport, ValueAt};
 
 /// Adam settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +42,26 @@ impl Adam {
 impl Optimizer for Adam {
     fn evals(&self) -> usize {
         self.evals
+    }
+
+    fn state(&self) -> State {
+        let mut s = State::default();
+        s.numbers.insert("t".into(), f64::from(self.t));
+        s.numbers.insert("evals".into(), self.evals as f64);
+        for (k, v) in [("m", &self.m), ("v", &self.v)] {
+            if let Some(v) = v {
+                s.tensors.insert(k.into(), v.clone());
+            }
+        }
+        s
+    }
+
+    fn restore(&mut self, s: &State) -> Result<()> {
+        self.t = i32::try_from(crate::count(s, "t")?).map_err(|_| Error::State("`t` is too large".into()))?;
+        self.evals = crate::count(s, "evals")?;
+        self.m = s.tensors.get("m").cloned();
+        self.v = s.tensors.get("v").cloned();
+        Ok(())
     }
 
     fn step(&mut self, x: &mut Tensor, f: &mut Closure<'_>) -> Result<StepReport> {

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
-use crate::{abs_max, abs_sum, axpy, dot, Closure, Error, Optimizer, Result, StepReport, ValueAt};
+use crate::{abs_max, abs_sum, axpy, dot, Closure, Error, Optimizer, Result, State, StepReport, ValueAt};
 
 /// The line search after each direction is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -160,6 +160,63 @@ fn dot_tensor(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 impl Optimizer for Lbfgs {
     fn evals(&self) -> usize {
         self.evals
+    }
+
+    fn state(&self) -> State {
+        let mut s = State::default();
+        let mut num = |k: &str, v: f64| s.numbers.insert(k.into(), v);
+        num("h_diag", self.h_diag);
+        num("iterations", self.iterations as f64);
+        num("evals", self.evals as f64);
+        num("pairs", self.pairs.len() as f64);
+        if let Some(c) = &self.current {
+            num("current.value", c.value);
+            num("current.eval", c.eval as f64);
+            s.tensors.insert("current.grad".into(), c.grad.clone());
+        }
+        if let Some((d, t, g)) = &self.previous {
+            s.numbers.insert("previous.t".into(), *t);
+            s.tensors.insert("previous.d".into(), d.clone());
+            s.tensors.insert("previous.g".into(), g.clone());
+        }
+        for (i, (sv, y, rho)) in self.pairs.iter().enumerate() {
+            s.numbers.insert(format!("pair{i}.rho"), *rho);
+            s.tensors.insert(format!("pair{i}.s"), sv.clone());
+            s.tensors.insert(format!("pair{i}.y"), y.clone());
+        }
+        s
+    }
+
+    fn restore(&mut self, s: &State) -> Result<()> {
+        self.h_diag = s.number("h_diag")?;
+        self.iterations = crate::count(s, "iterations")?;
+        self.evals = crate::count(s, "evals")?;
+        let pairs = crate::count(s, "pairs")?;
+        if pairs > self.config.history {
+            return Err(Error::State(format!("{pairs} pairs for a history of {}", self.config.history)));
+        }
+        self.current = match s.tensors.get("current.grad") {
+            Some(grad) => Some(Current {
+                value: s.number("current.value")?,
+                grad: grad.clone(),
+                eval: crate::count(s, "current.eval")?,
+            }),
+            None => None,
+        };
+        self.previous = match s.tensors.get("previous.d") {
+            Some(d) => Some((d.clone(), s.number("previous.t")?, s.tensor("previous.g")?)),
+            None => None,
+        };
+        self.pairs = (0..pairs)
+            .map(|i| {
+                Ok((
+                    s.tensor(&format!("pair{i}.s"))?,
+                    s.tensor(&format!("pair{i}.y"))?,
+                    s.number(&format!("pair{i}.rho"))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
     }
 
     fn step(&mut self, x: &mut Tensor, f: &mut Closure<'_>) -> Result<StepReport> {

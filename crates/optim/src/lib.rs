@@ -16,6 +16,15 @@ mod lbfgs;
 pub use adam::{Adam, AdamConfig};
 pub use lbfgs::{Lbfgs, LbfgsConfig, LineSearch};
 
+/// A count stored as a number of a [`State`].
+pub(crate) fn count(state: &State, key: &str) -> Result<usize> {
+    let v = state.number(key)?;
+    if v < 0.0 || v.fract() != 0.0 || v > 9.0e15 {
+        return Err(Error::State(format!("`{key}` = {v} is not a count")));
+    }
+    Ok(v as usize)
+}
+
 use candle_core::Tensor;
 
 /// Errors of the optimizers.
@@ -32,6 +41,9 @@ pub enum Error {
     /// The objective closure failed.
     #[error("the objective failed")]
     Objective(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A saved state that cannot be restored.
+    #[error("cannot restore the optimizer's state: {0}")]
+    State(String),
     /// An error of the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -81,6 +93,29 @@ impl StepReport {
     }
 }
 
+/// Everything an optimizer needs to continue where it stopped: named tensors (its vectors, on
+/// their device) and named numbers. Restored into an optimizer of the same configuration, it
+/// makes the same steps as the one it was taken from.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Image-sized vectors (gradients, directions, curvature pairs, moments).
+    pub tensors: std::collections::BTreeMap<String, Tensor>,
+    /// Scalars (counters as exact integers in `f64`).
+    pub numbers: std::collections::BTreeMap<String, f64>,
+}
+
+impl State {
+    /// A number of the state, or an error naming it.
+    pub fn number(&self, key: &str) -> Result<f64> {
+        self.numbers.get(key).copied().ok_or_else(|| Error::State(format!("the number `{key}` is missing")))
+    }
+
+    /// A tensor of the state, or an error naming it.
+    pub fn tensor(&self, key: &str) -> Result<Tensor> {
+        self.tensors.get(key).cloned().ok_or_else(|| Error::State(format!("the tensor `{key}` is missing")))
+    }
+}
+
 /// An optimizer over the pixels of an image.
 pub trait Optimizer {
     /// Makes one step from `x`, updating it in place; `f` evaluates the objective.
@@ -88,6 +123,13 @@ pub trait Optimizer {
 
     /// Evaluations made so far.
     fn evals(&self) -> usize;
+
+    /// The state to continue from later ([`Optimizer::restore`]).
+    fn state(&self) -> State;
+
+    /// Continues from a state taken by [`Optimizer::state`] of an optimizer of the same kind
+    /// and configuration.
+    fn restore(&mut self, state: &State) -> Result<()>;
 }
 
 /// `⟨a, b⟩` over all elements, as `f64`.
@@ -152,5 +194,53 @@ pub(crate) mod testfns {
 
     pub fn start(v: &[f32]) -> Tensor {
         Tensor::from_slice(v, v.len(), &Device::Cpu).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::testfns::{rosenbrock, start};
+
+    /// `steps` steps of `opt` from `x`.
+    fn steps(opt: &mut dyn Optimizer, x: &mut Tensor, n: usize) {
+        let mut f = rosenbrock(1.0);
+        for _ in 0..n {
+            opt.step(x, &mut f).unwrap();
+        }
+    }
+
+    /// An optimizer stopped after 7 steps and restored into a fresh one makes exactly the steps
+    /// the uninterrupted one makes (L-BFGS with its history and both line searches, Adam).
+    #[test]
+    fn a_restored_optimizer_continues_exactly() {
+        let x0 = [-1.2f32, 1.0, -0.5, 0.8, 1.5, 2.0];
+        let make: [fn() -> Box<dyn Optimizer>; 3] = [
+            || Box::new(Lbfgs::new(LbfgsConfig { history: 4, ..Default::default() })),
+            || Box::new(Lbfgs::new(LbfgsConfig { line_search: LineSearch::StrongWolfe, ..Default::default() })),
+            || Box::new(Adam::new(AdamConfig { lr: 0.05, ..Default::default() })),
+        ];
+        for new in make {
+            let mut whole = new();
+            let mut x = start(&x0);
+            steps(whole.as_mut(), &mut x, 15);
+            let mut first = new();
+            let mut y = start(&x0);
+            steps(first.as_mut(), &mut y, 7);
+            let mut second = new();
+            second.restore(&first.state()).unwrap();
+            steps(second.as_mut(), &mut y, 8);
+            assert_eq!(x.to_vec1::<f32>().unwrap(), y.to_vec1::<f32>().unwrap());
+            assert_eq!(whole.evals(), second.evals());
+        }
+        let mut lbfgs = Lbfgs::new(LbfgsConfig { history: 2, ..Default::default() });
+        let mut s = State::default();
+        s.numbers.extend([
+            ("h_diag".into(), 1.0),
+            ("iterations".into(), 3.0),
+            ("evals".into(), 4.0),
+            ("pairs".into(), 3.0),
+        ]);
+        assert!(lbfgs.restore(&s).unwrap_err().to_string().contains("3 pairs for a history of 2"));
     }
 }

@@ -251,6 +251,11 @@ declare_params! {
         /// Save `snapshot_NNNNN.png` every this many steps (0: never).
         save_every: Every = Every::default(),
             source "—";
+        /// Seconds between checkpoints (the image, the optimizer's state and the losses so far,
+        /// from which the next invocation continues an interrupted run); one is also written
+        /// on Ctrl-C. 0: only on Ctrl-C.
+        checkpoint_interval: NonNeg = types::Real(60.0),
+            source "—";
         /// Device: `auto` takes a GPU when the binary has CUDA and one is present.
         device: DeviceChoice = DeviceChoice::Auto,
             source "—";

@@ -3,6 +3,7 @@
 //! ([`optimise`]), write its outputs and, last, its record. The core reports progress through a
 //! callback and knows nothing of terminals.
 
+mod checkpoint;
 mod inputs;
 pub mod memory;
 pub(crate) mod optimise;
@@ -229,7 +230,7 @@ fn execute_steps(
     }
     let setup = inputs::Setup::build(&net, p, &inputs, &device)?;
     progress(Progress::Started { iterations: p.optimizer.iterations.get(), device: summary.device.clone() });
-    let trace = optimise::optimise(&setup, p, dir, &session.interrupt, progress)?;
+    let trace = optimise::optimise(&setup, p, dir, &id, &session.interrupt, progress)?;
     summary.iterations = trace.iterations;
     summary.evals = trace.evals;
     summary.seconds = trace.seconds;
@@ -245,6 +246,7 @@ fn execute_steps(
     let header =
         crate::record::RecordHeader { id: &id, inputs: &inputs.named(), width: setup.width, height: setup.height };
     crate::record::write_run_record(dir, &header, summary)?;
+    checkpoint::remove(dir);
     Ok(status)
 }
 

@@ -16,11 +16,12 @@ use crate::record::CurvePoint;
 use crate::spec::PlannedRun;
 use crate::{Error, Result};
 
+use super::checkpoint;
 use super::inputs::Setup;
 use super::Progress;
 
 /// The objective at one iterate: one row of `losses.csv`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LossRow {
     /// The iterate (0: the start).
     pub iteration: usize,
@@ -90,68 +91,130 @@ fn optimizer(p: &RunParams, setup: &Setup) -> Box<dyn Optimizer> {
     }
 }
 
-/// Runs the optimizer from `setup.x0` for the run's iterations (or evaluations), saving
-/// snapshots into `dir`; stops with [`Error::Interrupted`] when `interrupt` is set.
+/// The optimisation in progress: the optimizer, the iterate, the losses so far.
+struct Loop<'s, 'n> {
+    setup: &'s Setup<'n>,
+    opt: Box<dyn Optimizer>,
+    x: Tensor,
+    rows: Vec<LossRow>,
+    step: usize,
+    /// Seconds of optimisation before this invocation (a resumed run's).
+    before: f64,
+    t0: Instant,
+}
+
+impl<'s, 'n> Loop<'s, 'n> {
+    /// A fresh start at `setup.x0`, or the run's checkpoint in `dir` when there is one.
+    fn start(setup: &'s Setup<'n>, p: &RunParams, dir: &Path, id: &str) -> Result<Self> {
+        let mut opt = optimizer(p, setup);
+        let t0 = Instant::now();
+        if let Some(c) = checkpoint::load(dir, id, setup.x0.device()) {
+            if c.x.dims() == setup.x0.dims() && opt.restore(&c.state).is_ok() {
+                return Ok(Loop { setup, opt, x: c.x, rows: c.rows, step: c.step, before: c.seconds, t0 });
+            }
+        }
+        Ok(Loop { setup, opt, x: setup.x0.clone(), rows: Vec::new(), step: 0, before: 0.0, t0 })
+    }
+
+    fn seconds(&self) -> f64 {
+        self.before + self.t0.elapsed().as_secs_f64()
+    }
+
+    /// One optimizer step, recording the losses of the iterate its report names.
+    fn advance(&mut self) -> Result<optim::StepReport> {
+        let base = self.opt.evals();
+        let (t0, before) = (self.t0, self.before);
+        let mut evals: Vec<EvalRecord> = Vec::new();
+        let objective = &self.setup.objective;
+        let mut closure = |xk: &Tensor| -> optim::Result<(f64, Tensor)> {
+            let e = objective.evaluate(xk).map_err(|e| optim::Error::Objective(Box::new(e)))?;
+            evals.push(EvalRecord { terms: e.terms.clone(), seconds: before + t0.elapsed().as_secs_f64() });
+            Ok((e.terms.total, e.grad))
+        };
+        let report = self.opt.step(&mut self.x, &mut closure)?;
+        self.step += 1;
+        if self.rows.is_empty() {
+            // Every optimizer's first evaluation is at the start.
+            let e = &evals[0];
+            self.rows.push(LossRow { iteration: 0, evals: 1, seconds: e.seconds, terms: e.terms.clone() });
+        }
+        let iterate = report.iterate(self.step);
+        let e = report.value_eval.checked_sub(base).and_then(|i| evals.get(i));
+        if let (Some(e), true) = (e, self.rows.last().is_some_and(|r| r.iteration < iterate)) {
+            self.rows.push(LossRow {
+                iteration: iterate,
+                evals: self.opt.evals(),
+                seconds: e.seconds,
+                terms: e.terms.clone(),
+            });
+        }
+        Ok(report)
+    }
+
+    fn checkpoint(&self, dir: &Path, id: &str) -> Result<()> {
+        let c = checkpoint::Checkpoint {
+            step: self.step,
+            seconds: self.seconds(),
+            x: self.x.clone(),
+            rows: self.rows.clone(),
+            state: self.opt.state(),
+        };
+        checkpoint::save(dir, id, &c)
+    }
+
+    fn finish(mut self, stop: Stop) -> Result<Trace> {
+        let seconds = self.seconds();
+        if self.rows.last().is_none_or(|r| r.iteration < self.step) {
+            // The final iterate was not evaluated (Adam evaluates before it updates): one more.
+            let terms = self.setup.objective.terms(&self.x)?;
+            self.rows.push(LossRow { iteration: self.step, evals: self.opt.evals(), seconds, terms });
+        }
+        let evals = self.opt.evals();
+        Ok(Trace { stop, rows: self.rows, iterations: self.step, evals, seconds, x: self.x })
+    }
+}
+
+/// Runs the optimizer from `setup.x0` (or from the run's checkpoint in `dir`) for the run's
+/// iterations (or evaluations), saving snapshots and checkpoints into `dir`; when `interrupt`
+/// is set, saves a checkpoint and stops with [`Error::Interrupted`].
 pub(super) fn optimise(
     setup: &Setup,
     p: &RunParams,
     dir: &Path,
+    id: &str,
     interrupt: &AtomicBool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Trace> {
-    let mut opt = optimizer(p, setup);
-    let mut x = setup.x0.clone();
-    let mut evals: Vec<EvalRecord> = Vec::new();
-    let mut rows: Vec<LossRow> = Vec::new();
+    let mut lp = Loop::start(setup, p, dir, id)?;
     let (iterations, save_every) = (p.optimizer.iterations.get(), p.output.save_every.get());
-    let t0 = Instant::now();
-    let mut step = 0;
-    let mut stop = Stop::Completed;
-    while step < iterations {
+    let interval = p.output.checkpoint_interval.0;
+    let mut last_checkpoint = Instant::now();
+    let stop = loop {
+        if lp.step >= iterations {
+            break Stop::Completed;
+        }
         if interrupt.load(Ordering::SeqCst) {
+            lp.checkpoint(dir, id)?;
             return Err(Error::Interrupted);
         }
-        if p.optimizer.max_evals.is_some_and(|m| opt.evals() >= m.get()) {
-            stop = Stop::MaxEvals;
-            break;
+        if p.optimizer.max_evals.is_some_and(|m| lp.opt.evals() >= m.get()) {
+            break Stop::MaxEvals;
         }
-        let mut closure = |xk: &Tensor| -> optim::Result<(f64, Tensor)> {
-            let e = setup.objective.evaluate(xk).map_err(|e| optim::Error::Objective(Box::new(e)))?;
-            evals.push(EvalRecord { terms: e.terms.clone(), seconds: t0.elapsed().as_secs_f64() });
-            Ok((e.terms.total, e.grad))
-        };
-        let report = opt.step(&mut x, &mut closure)?;
-        step += 1;
-        if rows.is_empty() {
-            // Every optimizer's first evaluation is at the start.
-            rows.push(LossRow { iteration: 0, evals: 1, seconds: evals[0].seconds, terms: evals[0].terms.clone() });
-        }
-        let iterate = report.iterate(step);
-        if rows.last().is_some_and(|r| r.iteration < iterate) {
-            let e = &evals[report.value_eval];
-            rows.push(LossRow { iteration: iterate, evals: opt.evals(), seconds: e.seconds, terms: e.terms.clone() });
-        }
-        progress(Progress::Step {
-            iteration: step,
-            evals: opt.evals(),
-            total: report.value,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        let report = lp.advance()?;
+        let step = lp.step;
+        progress(Progress::Step { iteration: step, evals: lp.opt.evals(), total: report.value, seconds: lp.seconds() });
         if save_every > 0 && step % save_every == 0 && step < iterations {
-            save_png(&setup.pre.to_image(&x)?, &dir.join(format!("snapshot_{step:05}.png")))?;
+            save_png(&setup.pre.to_image(&lp.x)?, &dir.join(format!("snapshot_{step:05}.png")))?;
         }
         if report.converged {
-            stop = Stop::Converged;
-            break;
+            break Stop::Converged;
         }
-    }
-    let seconds = t0.elapsed().as_secs_f64();
-    if rows.last().is_none_or(|r| r.iteration < step) {
-        // The final iterate was not evaluated (Adam evaluates before it updates): one more.
-        let terms = setup.objective.terms(&x)?;
-        rows.push(LossRow { iteration: step, evals: opt.evals(), seconds, terms });
-    }
-    Ok(Trace { stop, rows, iterations: step, evals: opt.evals(), seconds, x })
+        if interval > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= interval && step < iterations {
+            lp.checkpoint(dir, id)?;
+            last_checkpoint = Instant::now();
+        }
+    };
+    lp.finish(stop)
 }
 
 /// Writes `output.png`, `losses.csv` and `loss.png` into `dir`; the output image.

@@ -505,3 +505,61 @@ fn concurrent_runners_share_the_work() {
     let summary = std::fs::read_to_string(dir.path().join("res/shared/summary.csv")).unwrap();
     assert_eq!(summary.lines().filter(|l| l.contains(",ok,")).count(), 6, "{summary}");
 }
+
+/// Issue 12: an interrupted run lost its iterations. It now leaves a checkpoint (image,
+/// optimizer state with the L-BFGS history, losses) and the next invocation continues it: the
+/// result equals an uninterrupted run's, L-BFGS (history 3, so the restored pairs matter) and
+/// Adam alike.
+#[test]
+fn an_interrupted_run_continues_from_its_checkpoint() {
+    use runner::run::{execute, Policy, Progress, Session};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    weights_path();
+    for optimizer in ["lbfgs\"\nhistory = 3", "adam\""] {
+        let body = format!(
+            "name = \"cp\"\n[defaults]\ncontent = \"CONTENT\"\nstyle = \"STYLE\"\nsize = 64\niterations = 12\ninit = \"noise\"\ncheckpoint_interval = 0\noptimizer = \"{optimizer}\n"
+        );
+        let s = spec(dir.path(), &body);
+        let exp = runner::spec::load(&s, &Default::default(), &Default::default()).unwrap();
+        let run = &exp.runs[0];
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut session = Session::new(runner::assets::Assets::from_env(), flag.clone());
+        let whole = dir.path().join(format!("whole-{}", &optimizer[..4]));
+        let a = execute(&mut session, run, &whole, Policy::default(), &mut |_| {});
+        assert_eq!(a.status, runner::record::Status::Ok, "{:?}", a.status);
+        let parts = dir.path().join(format!("parts-{}", &optimizer[..4]));
+        let mut stop_at_5 = |p: Progress| {
+            if let Progress::Step { iteration: 5, .. } = p {
+                flag.store(true, Ordering::SeqCst);
+            }
+        };
+        let b = execute(&mut session, run, &parts, Policy::default(), &mut stop_at_5);
+        assert_eq!(b.status, runner::record::Status::Interrupted);
+        assert!(parts.join("checkpoint.toml").is_file() && parts.join("checkpoint.safetensors").is_file());
+        flag.store(false, Ordering::SeqCst);
+        let mut first_step = None;
+        let c = execute(&mut session, run, &parts, Policy::default(), &mut |p| {
+            if let Progress::Step { iteration, .. } = p {
+                first_step.get_or_insert(iteration);
+            }
+        });
+        assert_eq!(c.status, runner::record::Status::Ok, "{:?}", c.status);
+        assert_eq!(first_step, Some(6), "{optimizer}: continued after step 5, not from the start");
+        let (fa, fc) = (a.final_terms.unwrap().total, c.final_terms.unwrap().total);
+        assert!((fa - fc).abs() <= 1e-6 * fa.abs(), "{optimizer}: uninterrupted {fa}, continued {fc}");
+        let losses = |d: &std::path::Path| -> Vec<String> {
+            std::fs::read_to_string(d.join("losses.csv"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let cells: Vec<&str> = l.split(',').collect();
+                    [&cells[..2], &cells[3..]].concat().join(",")
+                })
+                .collect()
+        };
+        assert_eq!(losses(&whole), losses(&parts), "{optimizer}: every row but the seconds");
+        assert!(!parts.join("checkpoint.toml").exists(), "a completed run leaves no checkpoint");
+    }
+}
