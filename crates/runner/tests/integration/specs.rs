@@ -130,6 +130,7 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
         line_search = "strong_wolfe"
         guard = false
         save_every = 3
+        checkpoint_interval = 30
         device = "cpu"
     "#;
     let p = plan(text).runs[0].params.clone();
