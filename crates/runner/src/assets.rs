@@ -182,7 +182,7 @@ impl Assets {
 /// The sentence for an image that is neither a manifest name nor a file.
 pub fn unknown_image_message(name: &str) -> String {
     let names = manifest().keys().map(String::as_str);
-    let hint = match crate::params::types::nearest(name, names.clone()) {
+    let hint = match crate::diag::nearest(name, names.clone()) {
         Some(n) => format!("did you mean `{n}`? "),
         None => String::new(),
     };

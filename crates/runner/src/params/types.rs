@@ -9,6 +9,7 @@ use serde_json::json;
 use toml::Value;
 
 use super::choice::Choice;
+pub use crate::diag::{did_you_mean, nearest};
 
 /// A value refused: where inside it (`[1].weight`; empty for the value itself) and why.
 #[derive(Clone, Debug, PartialEq)]
@@ -275,24 +276,6 @@ fn table_keys(t: &toml::Table, valid: &[&str]) -> Result<(), Problem> {
         }
     }
     Ok(())
-}
-
-/// `did you mean `x`? (valid: a, b, c)`, or only the list when nothing is close.
-pub fn did_you_mean<'a>(word: &str, valid: impl Iterator<Item = &'a str> + Clone) -> String {
-    let list = valid.clone().collect::<Vec<_>>().join(", ");
-    match nearest(word, valid) {
-        Some(n) => format!("did you mean `{n}`? (valid: {list})"),
-        None => format!("valid: {list}"),
-    }
-}
-
-/// The valid word closest to `word`, when it is close enough to be a likely typo.
-pub fn nearest<'a>(word: &str, valid: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    valid
-        .map(|v| (strsim::levenshtein(v, word), v))
-        .filter(|(d, v)| *d <= 2.max(v.len().min(word.len()) / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, v)| v)
 }
 
 impl ParamType for Styles {
