@@ -68,15 +68,18 @@ pub fn execute_isolated(
     summary
 }
 
-fn supervise(
-    run: &PlannedRun,
-    dir: &Path,
-    policy: Policy,
-    spec_dir: Option<&Path>,
-    interrupt: &Arc<AtomicBool>,
-    progress: &mut dyn FnMut(Progress),
-    summary: &mut RunSummary,
-) -> anyhow::Result<Status> {
+/// The worker process and the threads that feed its stdin and drain its stderr.
+struct Worker {
+    child: std::process::Child,
+    done: Arc<AtomicBool>,
+    watcher: std::thread::JoinHandle<()>,
+    err_reader: std::thread::JoinHandle<()>,
+    last_words: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `runner __worker`, hands it its job, forwards an interruption to it, and keeps the
+/// last lines of its stderr (backtrace frames left out).
+fn spawn(job: &str, interrupt: &Arc<AtomicBool>) -> anyhow::Result<Worker> {
     let exe = std::env::current_exe().context("finding the runner's own executable")?;
     let mut child = Command::new(exe)
         .arg("__worker")
@@ -86,7 +89,7 @@ fn supervise(
         .spawn()
         .context("starting the run's process")?;
     let mut stdin = child.stdin.take().context("the worker's stdin")?;
-    stdin.write_all(payload(run, dir, policy, spec_dir).as_bytes())?;
+    stdin.write_all(job.as_bytes())?;
     stdin.write_all(b"\n%%\n")?;
     stdin.flush()?;
     let done = Arc::new(AtomicBool::new(false));
@@ -103,8 +106,8 @@ fn supervise(
         })
     };
     let last_words = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().context("the worker's stderr")?;
     let err_reader = {
-        let stderr = child.stderr.take().context("the worker's stderr")?;
         let last_words = last_words.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -125,8 +128,12 @@ fn supervise(
             }
         })
     };
-    let mut end: Option<Json> = None;
-    let stdout = child.stdout.take().context("the worker's stdout")?;
+    Ok(Worker { child, done, watcher, err_reader, last_words })
+}
+
+/// Passes the worker's progress events on; its `end` event, if it sent one.
+fn read_events(stdout: impl Read, progress: &mut dyn FnMut(Progress)) -> Option<Json> {
+    let mut end = None;
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         let Ok(event) = serde_json::from_str::<Json>(&line) else { continue };
         match event["event"].as_str() {
@@ -144,22 +151,41 @@ fn supervise(
             _ => {}
         }
     }
-    let exit = child.wait().context("waiting for the run's process")?;
-    done.store(true, Ordering::SeqCst);
-    let _ = watcher.join();
-    let _ = err_reader.join();
+    end
+}
+
+fn supervise(
+    run: &PlannedRun,
+    dir: &Path,
+    policy: Policy,
+    spec_dir: Option<&Path>,
+    interrupt: &Arc<AtomicBool>,
+    progress: &mut dyn FnMut(Progress),
+    summary: &mut RunSummary,
+) -> anyhow::Result<Status> {
+    let mut w = spawn(&payload(run, dir, policy, spec_dir), interrupt)?;
+    let stdout = w.child.stdout.take().context("the worker's stdout")?;
+    let end = read_events(stdout, progress);
+    let exit = w.child.wait().context("waiting for the run's process")?;
+    w.done.store(true, Ordering::SeqCst);
+    let _ = w.watcher.join();
+    let _ = w.err_reader.join();
     let Some(end) = end else {
-        let words = last_words.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
+        let words = w.last_words.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
         return Ok(Status::Failed(format!("the run's process died ({}): {words}", describe_exit(&exit))));
     };
+    Ok(status_from_end(&end, dir, summary))
+}
+
+/// The run's status from the worker's `end` event; a completed run's numbers from its record.
+fn status_from_end(end: &Json, dir: &Path, summary: &mut RunSummary) -> Status {
     summary.device = end["device"].as_str().unwrap_or("").to_string();
     summary.seconds = end["seconds"].as_f64().unwrap_or(0.0);
     summary.peak_rss_mib = end["peak_rss_mib"].as_f64();
-    let reason = end["reason"].as_str().unwrap_or("").to_string();
-    Ok(match end["status"].as_str() {
-        Some("ok" | "skipped" | "flagged") => {
+    match end["status"].as_str() {
+        Some(status @ ("ok" | "skipped" | "flagged")) => {
             let Some(rec) = read_run_record(dir) else {
-                return Ok(Status::Failed("the run's process ended without its run.toml".into()));
+                return Status::Failed("the run's process ended without its run.toml".into());
             };
             summary.final_terms = Some(rec.final_terms);
             summary.iterations = rec.iterations;
@@ -168,16 +194,16 @@ fn supervise(
             summary.device = rec.device;
             summary.peak_rss_mib = rec.peak_rss_mib;
             summary.curve = rec.curve;
-            match (end["status"].as_str(), rec.flag) {
+            match (status, rec.flag) {
                 (_, Some(why)) => Status::Flagged(why),
-                (Some("skipped"), None) => Status::Skipped,
+                ("skipped", None) => Status::Skipped,
                 _ => Status::Ok,
             }
         }
         Some("interrupted") => Status::Interrupted,
         Some("busy") => Status::Busy,
-        _ => Status::Failed(reason),
-    })
+        _ => Status::Failed(end["reason"].as_str().unwrap_or("").to_string()),
+    }
 }
 
 fn describe_exit(s: &std::process::ExitStatus) -> String {
@@ -203,10 +229,17 @@ fn emit(event: Json) {
     let _ = out.flush();
 }
 
-/// The child's side, `runner __worker`: reads its run from stdin, runs it, reports on stdout.
-pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
+/// A worker's job, as the parent wrote it.
+struct Job {
+    run: PlannedRun,
+    dir: PathBuf,
+    policy: Policy,
+    spec_dir: Option<PathBuf>,
+}
+
+/// Reads the job from stdin, up to the `%%` line; stdin stays open for interruptions.
+fn read_job(stdin: &mut impl BufRead) -> anyhow::Result<Job> {
     let mut text = String::new();
-    let mut stdin = BufReader::new(std::io::stdin());
     loop {
         let mut line = String::new();
         if stdin.read_line(&mut line)? == 0 || line.trim_end() == "%%" {
@@ -216,21 +249,29 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
     }
     let t: Table = text.parse().context("the worker's payload")?;
     let get = |k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let flag = |k: &str| t.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
     let params = RunParams::from_table(t.get("params").and_then(|v| v.as_table()).context("params")?)
         .map_err(|(k, p)| anyhow::anyhow!("params.{k}: {}", p.message))?;
     let swept = t
         .get("swept")
         .and_then(|v| v.as_array())
         .map(|a| {
-            a.iter()
-                .map(|s| Swept {
-                    key: s["key"].as_str().unwrap_or("").into(),
-                    label: s["label"].as_str().unwrap_or("").into(),
-                })
-                .collect()
+            let s = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+            a.iter().map(|v| Swept { key: s(v, "key"), label: s(v, "label") }).collect()
         })
         .unwrap_or_default();
-    let run = PlannedRun { name: get("name"), label: get("label"), params, swept, given: Default::default() };
+    Ok(Job {
+        run: PlannedRun { name: get("name"), label: get("label"), params, swept, given: Default::default() },
+        dir: PathBuf::from(get("dir")),
+        policy: Policy { force: flag("force"), wait: flag("wait") },
+        spec_dir: t.get("spec_dir").and_then(|v| v.as_str()).map(PathBuf::from),
+    })
+}
+
+/// The child's side, `runner __worker`: reads its run from stdin, runs it, reports on stdout.
+pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
+    let mut stdin = BufReader::new(std::io::stdin());
+    let job = read_job(&mut stdin)?;
     let interrupt = Arc::new(AtomicBool::new(false));
     {
         // `interrupt` on stdin, or stdin closed (the parent is gone): stop after this step.
@@ -248,9 +289,7 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
         });
     }
     let mut session = Session::new(assets, interrupt);
-    session.spec_dir = t.get("spec_dir").and_then(|v| v.as_str()).map(PathBuf::from);
-    let flag = |k: &str| t.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-    let policy = Policy { force: flag("force"), wait: flag("wait") };
+    session.spec_dir = job.spec_dir;
     let mut on_progress = |p: Progress| match p {
         Progress::Started { iterations, device } => {
             emit(json!({"event": "started", "iterations": iterations, "device": device}))
@@ -259,7 +298,7 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
             emit(json!({"event": "step", "iteration": iteration, "evals": evals, "total": total, "seconds": seconds}))
         }
     };
-    let s = execute(&mut session, &run, Path::new(&get("dir")), policy, &mut on_progress);
+    let s = execute(&mut session, &job.run, &job.dir, job.policy, &mut on_progress);
     let (status, reason) = match &s.status {
         Status::Ok => ("ok", String::new()),
         Status::Skipped => ("skipped", String::new()),
@@ -268,8 +307,9 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
         Status::Busy => ("busy", String::new()),
         Status::Failed(r) => ("failed", r.clone()),
     };
+    let peak = s.peak_rss_mib;
     emit(
-        json!({"event": "end", "status": status, "reason": reason, "seconds": s.seconds, "device": s.device, "peak_rss_mib": s.peak_rss_mib}),
+        json!({"event": "end", "status": status, "reason": reason, "seconds": s.seconds, "device": s.device, "peak_rss_mib": peak}),
     );
     Ok(ExitCode::SUCCESS)
 }
