@@ -183,10 +183,10 @@ impl Assets {
 pub fn unknown_image_message(name: &str) -> String {
     let names = manifest().keys().map(String::as_str);
     let hint = match crate::diag::nearest(name, names.clone()) {
-        Some(n) => format!("did you mean `{n}`? "),
+        Some(n) => format!("; did you mean `{n}`?"),
         None => String::new(),
     };
-    format!("no such file, and not an image name; {hint}(names: {})", names.collect::<Vec<_>>().join(", "))
+    format!("no such file, and not an image name{hint} (names: {})", names.collect::<Vec<_>>().join(", "))
 }
 
 fn download_wheel(dir: &Path) -> Result<PathBuf> {

@@ -91,12 +91,14 @@ impl Session {
         }
         self.assets.image(name).map_err(|e| match e {
             Error::Asset { name: n, message } if !crate::assets::manifest().contains_key(name) => {
-                let looked: Vec<String> = self
+                let mut looked: Vec<String> = self
                     .spec_dir
                     .iter()
-                    .map(|d| d.join(name).display().to_string())
-                    .chain(std::iter::once(Path::new(name).display().to_string()))
+                    .map(|d| d.join(name))
+                    .chain(std::iter::once(PathBuf::from(name)))
+                    .map(|p| std::path::absolute(&p).unwrap_or(p).display().to_string())
                     .collect();
+                looked.dedup();
                 Error::Asset {
                     name: n,
                     message: format!("{message} (looked for the file at {})", looked.join(" and ")),

@@ -90,7 +90,12 @@ pub fn preflight(session: &Session, exp: &Experiment, check_memory: bool) -> Res
             }
             let checked = session.image(name).and_then(|a| Ok(vgg::imageio::load_rgb(&a.path)?));
             if let Err(e) = checked {
-                diags.push(exp.diagnostic(&path_of(r, key), format!("{key} = {name:?}: {}", crate::error::chain(&e))));
+                // The key and the name are said once, here.
+                let why = match &e {
+                    Error::Asset { message, .. } => message.clone(),
+                    other => crate::error::chain(other),
+                };
+                diags.push(exp.diagnostic(&path_of(r, key), format!("{key} = {name:?}: {why}")));
             }
         }
         if seen.insert(format!("device {}", p.output.device)) {
