@@ -66,7 +66,8 @@ impl Overrides {
         let diag =
             |message: String| Diagnostic { file: "command line".into(), path: flag.clone(), message, location: None };
         let Some(param) = params::param(key) else {
-            self.problems.push(diag(format!("no parameter `{key}`")));
+            self.problems
+                .push(diag(format!("no parameter `{key}`; {}", crate::diag::did_you_mean(key, params::keys()))));
             return;
         };
         let value = params::flag_value(text);
