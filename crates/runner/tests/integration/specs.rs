@@ -352,3 +352,32 @@ fn the_docs_table_and_the_schema_are_generated_and_current() {
         assert_eq!(first, "#:schema ../docs/spec.schema.json", "{}", p.display());
     }
 }
+
+/// The JSON Schema is what editors check specs with: it must accept every shipped spec and
+/// refuse what the parser refuses by key, type or range.
+#[test]
+fn the_json_schema_accepts_the_shipped_specs_and_refuses_bad_ones() {
+    let schema = runner::params::docs::schema();
+    let validator = jsonschema::draft7::new(&schema).expect("a valid draft-07 schema");
+    let json = |text: &str| serde_json::to_value(text.parse::<toml::Table>().unwrap()).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let v = json(&std::fs::read_to_string(&p).unwrap());
+        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", p.display());
+    }
+    let good = "name = \"x\"\n[defaults]\nstyle = [{ image = \"scream\", weight = 2 }, \"shipwreck\"]\nstyle_layers = [{ layer = \"relu1_1\", weight = 0.5 }, \"relu2_1\"]\n[[run]]\nname = \"a\"\n[run.sweep]\nseed = [1, 2]\n";
+    assert!(validator.is_valid(&json(good)));
+    for bad in [
+        "name = \"x\"\n[defaults]\nstyle_wieght = 3\n",
+        "name = \"x\"\n[defaults]\nsize = 4294967328\n",
+        "name = \"x\"\n[defaults]\noptimizer = \"sgd\"\n",
+        "name = \"x\"\n[defaults]\ncontent_layers = [\"relu4_5\"]\n",
+        "name = \"x\"\n[sweep]\nseed = []\n",
+        "name = \"x\"\n[[run]]\nseed = 1\n",
+        "description = \"no name\"\n",
+    ] {
+        assert!(!validator.is_valid(&json(bad)), "the schema accepts {bad:?}");
+    }
+}
