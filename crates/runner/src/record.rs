@@ -113,6 +113,20 @@ impl RunSummary {
     }
 }
 
+impl RunSummary {
+    /// Takes the numbers of a completed run from its record; the flag it was recorded with.
+    pub fn fill_from(&mut self, rec: RunRecord) -> Option<String> {
+        self.final_terms = Some(rec.final_terms);
+        self.iterations = rec.iterations;
+        self.evals = rec.evals;
+        self.seconds = rec.seconds;
+        self.device = rec.device;
+        self.peak_rss_mib = rec.peak_rss_mib;
+        self.curve = rec.curve;
+        rec.flag
+    }
+}
+
 /// One input of a run: its role (`weights`, `content`, `style0`, `init`) and the file.
 #[derive(Clone, Debug)]
 pub struct NamedInput {

@@ -187,14 +187,7 @@ fn status_from_end(end: &Json, dir: &Path, summary: &mut RunSummary) -> Status {
             let Some(rec) = read_run_record(dir) else {
                 return Status::Failed("the run's process ended without its run.toml".into());
             };
-            summary.final_terms = Some(rec.final_terms);
-            summary.iterations = rec.iterations;
-            summary.evals = rec.evals;
-            summary.seconds = rec.seconds;
-            summary.device = rec.device;
-            summary.peak_rss_mib = rec.peak_rss_mib;
-            summary.curve = rec.curve;
-            match (status, rec.flag) {
+            match (status, summary.fill_from(rec)) {
                 (_, Some(why)) => Status::Flagged(why),
                 ("skipped", None) => Status::Skipped,
                 _ => Status::Ok,

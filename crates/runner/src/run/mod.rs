@@ -259,14 +259,7 @@ fn skip_if_complete(dir: &Path, id: &str, summary: &mut RunSummary) -> Option<St
     if prev.id != id || !dir.join("output.png").is_file() || !dir.join("losses.csv").is_file() {
         return None;
     }
-    summary.final_terms = Some(prev.final_terms);
-    summary.iterations = prev.iterations;
-    summary.evals = prev.evals;
-    summary.seconds = prev.seconds;
-    summary.device = prev.device;
-    summary.peak_rss_mib = prev.peak_rss_mib;
-    summary.curve = prev.curve;
-    Some(match prev.flag {
+    Some(match summary.fill_from(prev) {
         Some(why) => Status::Flagged(why),
         None => Status::Skipped,
     })

@@ -63,35 +63,26 @@ impl Overrides {
     /// kept and reported with the spec's.
     pub fn set(&mut self, key: &str, text: &str) {
         let flag = format!("--{}", key.replace('_', "-"));
+        self.add(key, &flag, params::flag_value(text), &format!("`{text}`"));
+    }
+
+    /// Adds a value given as TOML (for arguments that are not one flag's text), named `flag` in
+    /// problems.
+    pub fn set_value(&mut self, key: &str, flag: &str, value: toml::Value) {
+        self.add(key, flag, value, "the value");
+    }
+
+    fn add(&mut self, key: &str, flag: &str, value: toml::Value, shown: &str) {
         let diag =
-            |message: String| Diagnostic { file: "command line".into(), path: flag.clone(), message, location: None };
+            |message: String| Diagnostic { file: "command line".into(), path: flag.into(), message, location: None };
         let Some(param) = params::param(key) else {
             self.problems
                 .push(diag(format!("no parameter `{key}`; {}", crate::diag::did_you_mean(key, params::keys()))));
             return;
         };
-        let value = params::flag_value(text);
         match (param.set)(&mut RunParams::default(), &value) {
             Ok(()) => self.items.push(Override { param, value }),
-            Err(p) => self.problems.push(diag(format!("`{text}`{}: {}", p.at, p.message))),
-        }
-    }
-
-    /// Adds a value given as TOML (for arguments that are not one flag's text).
-    pub fn set_value(&mut self, key: &str, flag: &str, value: toml::Value) {
-        let diag =
-            |message: String| Diagnostic { file: "command line".into(), path: flag.into(), message, location: None };
-        let Some(param) = params::param(key) else {
-            self.problems.push(diag(format!("no parameter `{key}`")));
-            return;
-        };
-        match (param.set)(&mut RunParams::default(), &value) {
-            Ok(()) => self.items.push(Override { param, value }),
-            Err(p) => self.problems.push(diag(format!(
-                "{}{}",
-                p.message,
-                if p.at.is_empty() { String::new() } else { format!(" (at {})", p.at) }
-            ))),
+            Err(p) => self.problems.push(diag(format!("{shown}{}: {}", p.at, p.message))),
         }
     }
 
