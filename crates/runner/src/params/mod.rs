@@ -302,6 +302,18 @@ impl RunParams {
         }
     }
 
+    /// The output's width and height for a content image of `content` pixels (`None`: no
+    /// content image, a square of the long side, or the exact size).
+    pub fn output_size(&self, content: Option<(u32, u32)>) -> (u32, u32) {
+        match (content, self.resize()) {
+            (Some((w, h)), r) => r.target(w, h),
+            (None, vgg::Resize::Exact { width, height }) => (width, height),
+            (None, vgg::Resize::LongSide(n)) => (n, n),
+            // `resize` gives a size whenever no content image sets one.
+            (None, vgg::Resize::Keep) => (512, 512),
+        }
+    }
+
     /// The style layer weights given (inline or as `style_layer_weights`), if any.
     pub fn style_layer_weights(&self) -> Option<Vec<f64>> {
         self.objective.style_layers.inline_weights().or_else(|| self.objective.style_layer_weights.clone().map(|w| w.0))

@@ -80,12 +80,7 @@ impl<'a> Setup<'a> {
     pub(super) fn build(net: &'a Vgg19, p: &RunParams, inputs: &Inputs, device: &Device) -> Result<Self> {
         let pre = net.preprocessing();
         let content_img = inputs.content.as_ref().map(|a| vgg::imageio::load_rgb(&a.path)).transpose()?;
-        let (width, height) = match (&content_img, p.resize()) {
-            (Some(img), r) => r.target(img.width(), img.height()),
-            (None, Resize::Exact { width, height }) => (width, height),
-            (None, Resize::LongSide(n)) => (n, n),
-            (None, Resize::Keep) => return Err(Error::Run("no content image and no size".into())),
-        };
+        let (width, height) = p.output_size(content_img.as_ref().map(|img| img.dimensions()));
         let exact = Resize::Exact { width, height };
         let to_tensor = |img: &RgbImage| pre.to_tensor(&vgg::imageio::resize(img, exact), device);
         let content = content_img.as_ref().map(to_tensor).transpose()?;

@@ -15,18 +15,11 @@ use super::Session;
 
 /// The output size of run `p`: from the content image's header and the size rule.
 fn output_size(session: &Session, p: &crate::params::RunParams) -> Option<(u32, u32)> {
-    match &p.inputs.content.0 {
-        Some(c) => {
-            let a = session.image(&c.0).ok()?;
-            let (w, h) = image::image_dimensions(&a.path).ok()?;
-            Some(p.resize().target(w, h))
-        }
-        None => Some(match p.resize() {
-            vgg::Resize::Exact { width, height } => (width, height),
-            vgg::Resize::LongSide(n) => (n, n),
-            vgg::Resize::Keep => (512, 512),
-        }),
-    }
+    let content = match &p.inputs.content.0 {
+        Some(c) => Some(image::image_dimensions(&session.image(&c.0).ok()?.path).ok()?),
+        None => None,
+    };
+    Some(p.output_size(content))
 }
 
 fn memory_message(c: &Checked, avail: f64) -> String {
