@@ -22,6 +22,8 @@ struct Walk<'a> {
     bytes: &'a [u8],
     at: usize,
     stack: Vec<Entry>,
+    /// Nodes of every object on the stack: all built in memory at once.
+    total: u64,
     memo: std::collections::HashMap<u32, u64>,
 }
 
@@ -52,7 +54,8 @@ impl Walk<'_> {
     }
 
     fn push(&mut self, nodes: u64) -> Result<(), String> {
-        if nodes > MAX_NODES || self.stack.len() as u64 > MAX_NODES {
+        self.total = self.total.saturating_add(nodes);
+        if self.total > MAX_NODES || self.stack.len() as u64 > MAX_NODES {
             return Err(format!("it would build more than {MAX_NODES} objects"));
         }
         self.stack.push(Entry::Object(nodes));
@@ -61,7 +64,10 @@ impl Walk<'_> {
 
     fn pop(&mut self) -> Result<u64, String> {
         match self.stack.pop() {
-            Some(Entry::Object(n)) => Ok(n),
+            Some(Entry::Object(n)) => {
+                self.total -= n;
+                Ok(n)
+            }
             _ => Err(format!("an opcode at byte {} finds no object", self.at)),
         }
     }
@@ -76,7 +82,10 @@ impl Walk<'_> {
         loop {
             match self.stack.pop() {
                 Some(Entry::Mark) => return Ok(sum),
-                Some(Entry::Object(n)) => sum = sum.saturating_add(n),
+                Some(Entry::Object(n)) => {
+                    self.total -= n;
+                    sum = sum.saturating_add(n);
+                }
                 None => return Err(format!("an opcode at byte {} finds no mark", self.at)),
             }
         }
@@ -128,21 +137,13 @@ impl Walk<'_> {
                 self.line()?;
                 self.push(1)?;
             }
-            b'q' => {
-                let k = self.le(1)? as u32; // BINPUT
-                return self.memo_put(k).map(|_| false);
+            b'q' | b'r' => {
+                let k = self.le(if op == b'q' { 1 } else { 4 })? as u32; // BINPUT, LONG_BINPUT
+                self.memo_put(k)?;
             }
-            b'r' => {
-                let k = self.le(4)? as u32; // LONG_BINPUT
-                return self.memo_put(k).map(|_| false);
-            }
-            b'h' => {
-                let k = self.le(1)? as u32; // BINGET
-                return self.memo_get(k).map(|_| false);
-            }
-            b'j' => {
-                let k = self.le(4)? as u32; // LONG_BINGET
-                return self.memo_get(k).map(|_| false);
+            b'h' | b'j' => {
+                let k = self.le(if op == b'h' { 1 } else { 4 })? as u32; // BINGET, LONG_BINGET
+                self.memo_get(k)?;
             }
             b't' | b'd' => {
                 let n = self.pop_mark()?; // TUPLE, DICT
@@ -171,19 +172,13 @@ impl Walk<'_> {
             }
             other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", self.at - 1)),
         }
-        // Every object on the stack is built in memory at once.
-        let total =
-            self.stack.iter().map(|e| if let Entry::Object(n) = e { *n } else { 0 }).fold(0u64, u64::saturating_add);
-        if total > MAX_NODES {
-            return Err(format!("it would build more than {MAX_NODES} objects"));
-        }
         Ok(false)
     }
 }
 
 /// Checks the pickle at the start of `bytes`; its length in bytes (up to and including STOP).
 pub(crate) fn check(bytes: &[u8]) -> Result<usize, String> {
-    let mut w = Walk { bytes, at: 0, stack: Vec::new(), memo: std::collections::HashMap::new() };
+    let mut w = Walk { bytes, at: 0, stack: Vec::new(), total: 0, memo: std::collections::HashMap::new() };
     while !w.step()? {}
     Ok(w.at)
 }
@@ -203,6 +198,14 @@ mod tests {
         }
         p.push(b'.');
         assert!(check(&p).unwrap_err().contains("more than"));
+        // One memoised list of 600 000 items, fetched twice: each copy is within the bound, the
+        // two together are not.
+        let mut big = b"\x80\x02](".to_vec();
+        for _ in 0..600_000 {
+            big.push(b'N');
+        }
+        big.extend(b"eq\x00h\x00.");
+        assert!(check(&big).unwrap_err().contains("more than"));
         // An honest small pickle: {'a': (1, 2)}.
         let ok = b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x01K\x02\x86s.";
         assert_eq!(check(ok).unwrap(), ok.len());
