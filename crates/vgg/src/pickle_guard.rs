@@ -200,11 +200,7 @@ mod tests {
         assert!(check(&p).unwrap_err().contains("more than"));
         // One memoised list of 600 000 items, fetched twice: each copy is within the bound, the
         // two together are not.
-        let mut big = b"\x80\x02](".to_vec();
-        for _ in 0..600_000 {
-            big.push(b'N');
-        }
-        big.extend(b"eq\x00h\x00.");
+        let big = [&b"\x80\x02]("[..], &[b'N'; 600_000], b"eq\x00h\x00."].concat();
         assert!(check(&big).unwrap_err().contains("more than"));
         // An honest small pickle: {'a': (1, 2)}.
         let ok = b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x01K\x02\x86s.";
