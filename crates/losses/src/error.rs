@@ -4,6 +4,10 @@ pub enum Error {
     /// A configuration that cannot define an objective.
     #[error("{0}")]
     Config(String),
+    /// A computation that cannot proceed (a non-finite matrix, an iteration that did not
+    /// converge).
+    #[error("{0}")]
+    Numeric(String),
     /// An error of the network.
     #[error(transparent)]
     Vgg(#[from] vgg::Error),

@@ -49,7 +49,12 @@ impl LossForm {
 
     /// `c` in `style = c · Σ(G − A)²` for a layer of `n` channels and `m` positions.
     pub(crate) fn style_factor(self, n: usize, m: usize) -> f64 {
-        let (n, m) = (n as f64, m as f64);
+        self.style_factor_f64(n, m as f64)
+    }
+
+    /// [`LossForm::style_factor`] for a (guided) mass of `m` positions.
+    pub(crate) fn style_factor_f64(self, n: usize, m: f64) -> f64 {
+        let n = n as f64;
         match self {
             LossForm::Paper => 1.0 / (4.0 * n * n * m * m),
             LossForm::Seed | LossForm::JcJohnson => 1.0 / (n * n * n * n * m * m),

@@ -12,10 +12,13 @@
 
 mod error;
 mod form;
+pub mod linalg;
 mod objective;
+mod style;
 mod terms;
 
 pub use error::{Error, Result};
 pub use form::LossForm;
-pub use objective::{Evaluation, Objective, ObjectiveConfig, StyleImage, Targets, Terms};
+pub use objective::{guide_at, Evaluation, Objective, ObjectiveConfig, StyleImage, StyleRegion, Targets, Terms};
+pub use style::{style_term, Moments, StyleLoss, StyleTarget, MIN_MASS};
 pub use terms::{content_loss, gram, style_loss, tv_loss};

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor};
 use vgg::{Features, Layer, Vgg19};
 
-use crate::terms::{content_loss, gram, style_loss, tv_loss};
+use crate::style::{style_term, Moments, StyleLoss, StyleTarget};
+use crate::terms::{content_loss, tv_loss};
 use crate::{Error, LossForm, Result};
 
 /// What the objective is made of. Weights follow the paper's α (content) and β (style).
@@ -26,6 +27,8 @@ pub struct ObjectiveConfig {
     pub tv_weight: f64,
     /// The normalisation of the losses.
     pub form: LossForm,
+    /// How the style statistics are compared.
+    pub style_loss: StyleLoss,
 }
 
 impl ObjectiveConfig {
@@ -53,23 +56,70 @@ impl ObjectiveConfig {
     }
 }
 
-/// One style image, `(1, 3, H, W)` preprocessed, and its blend weight.
+/// One style image, `(1, 3, H, W)` preprocessed, its blend weight, and optionally the region
+/// of it whose statistics count.
 #[derive(Clone, Debug)]
 pub struct StyleImage {
     /// The image as network input.
     pub image: Tensor,
-    /// Its share of the blended Gram targets (weights are normalised to sum to 1).
+    /// Its share of the blended targets of its region (weights are normalised to sum to 1).
     pub weight: f64,
+    /// A guide over the image, `(1, 1, H, W)` with values in `[0, 1]`: only the positions it
+    /// covers (weighted by it) make the style's statistics. `None`: the whole image.
+    pub guide: Option<Tensor>,
 }
 
-/// The content activations and style Gram matrices the generated image is compared with,
+impl StyleImage {
+    /// The whole image with weight `weight`.
+    pub fn new(image: Tensor, weight: f64) -> Self {
+        Self { image, weight, guide: None }
+    }
+}
+
+/// A region of the output and the styles blended into it (Gatys et al. 2017, §4).
+#[derive(Clone, Debug)]
+pub struct StyleRegion {
+    /// A guide over the output, `(1, 1, H, W)` at the output's size with values in `[0, 1]`;
+    /// `None`: the whole output.
+    pub guide: Option<Tensor>,
+    /// The styles of this region.
+    pub styles: Vec<StyleImage>,
+}
+
+impl StyleRegion {
+    /// One region covering the whole output (the 2016 paper's style term).
+    pub fn whole(styles: Vec<StyleImage>) -> Self {
+        Self { guide: None, styles }
+    }
+}
+
+/// A guide `(1, 1, H, W)` brought to the grid of `layer`: averaged over the 2×2 cells of each
+/// pooling before it, as the network's poolings shrink its input (stride 2, rounding down).
+pub fn guide_at(guide: &Tensor, layer: Layer) -> Result<Tensor> {
+    let mut g = guide.clone();
+    for _ in 0..layer.poolings_before() {
+        g = g.avg_pool2d(2)?;
+    }
+    Ok(g)
+}
+
+/// One region's targets: per style layer, its guide over the output and the style's target.
+#[derive(Clone, Debug)]
+struct RegionTargets {
+    /// The output's guide at each style layer (empty: the whole output).
+    guides: BTreeMap<Layer, Tensor>,
+    /// The target statistics at each style layer.
+    targets: BTreeMap<Layer, StyleTarget>,
+}
+
+/// The content activations and style statistics the generated image is compared with,
 /// computed once per run.
 #[derive(Clone, Debug)]
 pub struct Targets {
     content: Features,
-    /// Per style layer, the blend of `Σ_i w_i A_i / M_i` (Gram matrices per position), so that
-    /// style images of any size compare with a generated image of any size.
-    style: BTreeMap<Layer, Tensor>,
+    /// Per style region, its targets. Statistics are per unit of guide mass, so that style
+    /// images of any size compare with a generated image of any size.
+    regions: Vec<RegionTargets>,
 }
 
 impl Targets {
@@ -79,36 +129,26 @@ impl Targets {
         vgg: &Vgg19,
         config: &ObjectiveConfig,
         content: Option<&Tensor>,
-        styles: &[StyleImage],
+        regions: &[StyleRegion],
     ) -> Result<Self> {
         let content = match (config.content_layers.is_empty(), content) {
             (true, _) => Features::new(),
             (false, Some(c)) => vgg.features(c, &config.content_layers)?,
             (false, None) => return Err(Error::Config("content layers need a content image".into())),
         };
-        let mut style = BTreeMap::new();
+        let mut out = Vec::new();
         if !config.style_layers.is_empty() {
-            let total: f64 = styles.iter().map(|s| s.weight).sum();
-            if styles.is_empty() || total <= 0.0 || styles.iter().any(|s| s.weight < 0.0) {
-                return Err(Error::Config(
-                    "style layers need at least one style image, with non-negative weights summing to more than 0"
-                        .into(),
-                ));
+            if regions.is_empty() {
+                return Err(Error::Config("style layers need at least one style image".into()));
             }
-            for s in styles {
-                let f = vgg.features(&s.image, &config.style_layers)?;
-                for (l, a) in f {
-                    let (_, _, h, w) = a.dims4()?;
-                    let g = (gram(&a)?.squeeze(0)? * (s.weight / total / (h * w) as f64))?;
-                    let sum = match style.remove(&l) {
-                        Some(prev) => (prev + g)?,
-                        None => g,
-                    };
-                    style.insert(l, sum);
-                }
+            for (k, r) in regions.iter().enumerate() {
+                out.push(region_targets(vgg, config, r).map_err(|e| match e {
+                    Error::Config(m) if regions.len() > 1 => Error::Config(format!("style region {}: {m}", k + 1)),
+                    e => e,
+                })?);
             }
         }
-        Ok(Self { content, style })
+        Ok(Self { content, regions: out })
     }
 
     /// The content activations, by layer.
@@ -116,12 +156,42 @@ impl Targets {
         &self.content
     }
 
-    /// The style Gram matrix of `layer` for a generated image whose layer has `positions`
-    /// positions: `(N, N)`.
-    pub fn style_gram(&self, layer: Layer, positions: usize) -> Result<Tensor> {
-        let a = self.style.get(&layer).ok_or_else(|| Error::Config(format!("no style target for {layer}")))?;
-        Ok((a * positions as f64)?)
+    /// The blended style moments of `region` (in the order given) at `layer`.
+    pub fn style_moments(&self, region: usize, layer: Layer) -> Option<&Moments> {
+        self.regions.get(region)?.targets.get(&layer).map(|t| t.moments())
     }
+}
+
+/// The targets of one region: each style's guided moments, blended by weight.
+fn region_targets(vgg: &Vgg19, config: &ObjectiveConfig, region: &StyleRegion) -> Result<RegionTargets> {
+    let total: f64 = region.styles.iter().map(|s| s.weight).sum();
+    if region.styles.is_empty() || total <= 0.0 || region.styles.iter().any(|s| s.weight < 0.0) {
+        return Err(Error::Config(
+            "style layers need at least one style image, with non-negative weights summing to more than 0".into(),
+        ));
+    }
+    let mut parts: BTreeMap<Layer, Vec<(Moments, f64)>> = BTreeMap::new();
+    for s in &region.styles {
+        let f = vgg.features(&s.image, &config.style_layers)?;
+        for (l, a) in f {
+            let guide = s.guide.as_ref().map(|g| guide_at(g, l)).transpose()?;
+            let (m, _) = Moments::of(&a, guide.as_ref())?.ok_or_else(|| {
+                Error::Config(format!("the style image's guide leaves nothing of it at {l}: paint more of it white"))
+            })?;
+            parts.entry(l).or_default().push((m, s.weight));
+        }
+    }
+    let mut targets = BTreeMap::new();
+    for (l, p) in parts {
+        targets.insert(l, StyleTarget::new(Moments::blend(&p)?, config.style_loss)?);
+    }
+    let mut guides = BTreeMap::new();
+    if let Some(g) = &region.guide {
+        for l in &config.style_layers {
+            guides.insert(*l, guide_at(g, *l)?);
+        }
+    }
+    Ok(RegionTargets { guides, targets })
 }
 
 /// The value of each term at one image (unweighted per term; `total` is the weighted sum).
@@ -172,7 +242,7 @@ impl<'a> Objective<'a> {
             }
         }
         for l in &config.style_layers {
-            if !targets.style.contains_key(l) {
+            if targets.regions.is_empty() || targets.regions.iter().any(|r| !r.targets.contains_key(l)) {
                 return Err(Error::Config(format!("no style target for {l}")));
             }
         }
@@ -231,13 +301,23 @@ impl<'a> Objective<'a> {
             }
         }
         for (l, w) in c.style_layers.iter().zip(&self.layer_weights) {
-            let (_, _, h, wd) = f[l].dims4()?;
-            let a = self.targets.style_gram(*l, h * wd)?;
-            let (v, g) = style_loss(&f[l], &a, c.form, *w)?;
-            values.push(v);
-            if with_grad && c.style_weight != 0.0 {
-                add(*l, (g * c.style_weight)?)?;
+            let mut value: Option<Tensor> = None;
+            for r in &self.targets.regions {
+                let Some((v, g)) = style_term(&f[l], r.guides.get(l), &r.targets[l], c.style_loss, c.form, *w)? else {
+                    continue;
+                };
+                value = Some(match value {
+                    Some(prev) => (prev + v)?,
+                    None => v,
+                });
+                if with_grad && c.style_weight != 0.0 {
+                    add(*l, (g * c.style_weight)?)?;
+                }
             }
+            values.push(match value {
+                Some(v) => v,
+                None => Tensor::zeros((), f[l].dtype(), f[l].device())?,
+            });
         }
         Ok((values, grads))
     }

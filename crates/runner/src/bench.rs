@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use losses::{LossForm, Objective, ObjectiveConfig, StyleImage, Targets};
+use losses::{LossForm, Objective, ObjectiveConfig, StyleImage, StyleLoss, StyleRegion, Targets};
 use vgg::{ConvAlgorithm, Layer, Pooling, Vgg19, VggWeights, WeightsFormat};
 
 use crate::assets::Assets;
@@ -49,12 +49,14 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
         style_weight: 1e3,
         tv_weight: 0.0,
         form: LossForm::Seed,
+        style_loss: StyleLoss::Gram,
     };
     // Random images in [-128, 128), as the torch reference's `torch.rand(...) * 255 - 128`.
     let shape = (1, 3, c.height, c.width);
     let content = (Tensor::rand(0f32, 255f32, shape, &device)? - 128.0)?;
     let style = (Tensor::rand(0f32, 255f32, shape, &device)? - 128.0)?;
-    let targets = Targets::compute(&net, &config, Some(&content), &[StyleImage { image: style, weight: 1.0 }])?;
+    let targets =
+        Targets::compute(&net, &config, Some(&content), &[StyleRegion::whole(vec![StyleImage::new(style, 1.0)])])?;
     let objective = Objective::new(&net, config, targets)?;
     let mut times = Vec::with_capacity(c.evals);
     for i in 0..=c.evals {

@@ -51,7 +51,7 @@ enum Command {
     Bench(BenchArgs),
     /// Fetch the weights and every manifest image into the cache, verifying their hashes.
     Fetch,
-    /// Build docs/ablations.md and its figures from the results of the ablation experiments.
+    /// Build docs/ablations.md and docs/controls.md and their figures from their experiments' results.
     Report(ReportArgs),
     /// Internal: run one run given on stdin, reporting on stdout (each run of a sweep runs so).
     #[command(name = "__worker", hide = true)]
@@ -131,6 +131,13 @@ struct ReportArgs {
     /// Where the report and its figures go.
     #[arg(long, default_value = "docs")]
     docs: PathBuf,
+    /// Build only this document (`ablations`, `controls`); all of them when absent.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+        runner::report::ablations::DOCUMENTS.map(|d| d.name)))]
+    doc: Option<String>,
+    /// Print the experiments of the documents, one per line, and stop (for scripts/figures.sh).
+    #[arg(long)]
+    experiments: bool,
 }
 
 fn main() -> ExitCode {
@@ -179,7 +186,18 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Report(r)) => {
-            runner::report::ablations::build(&r.results, &r.docs)?;
+            let mut failed = Vec::new();
+            let docs = runner::report::ablations::DOCUMENTS;
+            for d in docs.iter().filter(|d| r.doc.as_deref().is_none_or(|n| n == d.name)) {
+                if r.experiments {
+                    d.experiments.iter().for_each(|e| println!("{e}"));
+                } else if let Err(e) = runner::report::ablations::build(&r.results, &r.docs, d) {
+                    failed.push(format!("{:#}", anyhow::Error::from(e).context(format!("docs/{}.md", d.name))));
+                }
+            }
+            if !failed.is_empty() {
+                anyhow::bail!("{}", failed.join("\n"));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Schema(s)) => schema(&s),

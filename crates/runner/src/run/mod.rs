@@ -4,6 +4,7 @@
 //! callback and knows nothing of terminals.
 
 mod checkpoint;
+pub mod colour;
 mod inputs;
 pub mod memory;
 pub(crate) mod optimise;

@@ -204,7 +204,7 @@ pub(super) fn optimise(
         let step = lp.step;
         progress(Progress::Step { iteration: step, evals: lp.opt.evals(), total: report.value, seconds: lp.seconds() });
         if save_every > 0 && step % save_every == 0 && step < iterations {
-            save_png(&setup.pre.to_image(&lp.x)?, &dir.join(format!("snapshot_{step:05}.png")))?;
+            save_png(&setup.image(&lp.x)?, &dir.join(format!("snapshot_{step:05}.png")))?;
         }
         if report.converged {
             break Stop::Converged;
@@ -220,7 +220,7 @@ pub(super) fn optimise(
 /// Writes `output.png`, `losses.csv` and `loss.png` into `dir`; the output image.
 pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: &Trace) -> Result<image::RgbImage> {
     let p = &run.params;
-    let image = setup.pre.to_image(&trace.x)?;
+    let image = setup.image(&trace.x)?;
     save_png(&image, &dir.join("output.png"))?;
     write_losses(&dir.join("losses.csv"), p, &trace.rows)?;
     let o = &p.objective;

@@ -70,9 +70,19 @@ pub fn preflight(session: &Session, exp: &Experiment, check_memory: bool) -> Res
                 diags.push(exp.diagnostic(&path_of(r, "size"), memory_message(c, avail)));
             }
         }
+        let size = c.as_ref().map(|c| (c.width, c.height));
         checked.extend(c);
         let p = &r.params;
-        let mut images: Vec<(&str, &str)> = p.inputs.style.0.iter().map(|s| ("style", s.image.0.as_str())).collect();
+        let mut images: Vec<(&str, &str)> = Vec::new();
+        for s in &p.inputs.style.0 {
+            images.push(("style", s.image.0.as_str()));
+            images.extend(s.mask.iter().chain(&s.style_mask).map(|m| ("style", m.0.as_str())));
+            if let Some(size) = size {
+                if let Err(e) = super::inputs::style_side(p, s.scale.0, size) {
+                    diags.push(exp.diagnostic(&path_of(r, "style_scale"), crate::error::chain(&e)));
+                }
+            }
+        }
         images.extend(p.inputs.content.0.as_ref().map(|c| ("content", c.0.as_str())));
         if let Init::Image(i) = &p.start.init {
             images.push(("init", i.0.as_str()));

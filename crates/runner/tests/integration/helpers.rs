@@ -130,12 +130,13 @@ pub fn fixture_config(form: losses::LossForm) -> losses::ObjectiveConfig {
         style_weight: beta,
         tv_weight: 0.0,
         form,
+        style_loss: losses::StyleLoss::Gram,
     }
 }
 
 /// Targets of the fixture objective from the fixture's preprocessed images.
 pub fn fixture_targets(net: &Vgg19, config: &losses::ObjectiveConfig) -> losses::Targets {
-    let style = losses::StyleImage { image: t("style.preprocessed"), weight: 1.0 };
+    let style = losses::StyleRegion::whole(vec![losses::StyleImage::new(t("style.preprocessed"), 1.0)]);
     losses::Targets::compute(net, config, Some(&t("content.preprocessed")), &[style]).expect("targets")
 }
 

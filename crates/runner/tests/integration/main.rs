@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod controls;
 mod fixture;
 mod optimizers;
 mod runner_e2e;

@@ -217,7 +217,7 @@ fn report_fills_the_template_from_results() {
     )
     .unwrap();
     // Missing experiments are named.
-    let o = runner(&["report", "--results", "res", "--docs", "docs"], dir.path());
+    let o = runner(&["report", "--results", "res", "--docs", "docs", "--doc", "ablations"], dir.path());
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("style_transfer") && stderr(&o).contains("scripts/ablations.sh"), "{}", stderr(&o));
     for exp in runner::report::ablations::ABLATIONS {
@@ -229,8 +229,11 @@ fn report_fills_the_template_from_results() {
             std::fs::copy(&entry, to.join(rel)).unwrap();
         }
     }
-    let o = runner(&["report", "--results", "res", "--docs", "docs"], dir.path());
+    let o = runner(&["report", "--results", "res", "--docs", "docs", "--doc", "ablations"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
+    // Every document without `--doc`: the controls' template is missing here, and named.
+    let o = runner(&["report", "--results", "res", "--docs", "docs"], dir.path());
+    assert!(!o.status.success() && stderr(&o).contains("controls.template.md"), "{}", stderr(&o));
     let md = std::fs::read_to_string(docs.join("ablations.md")).unwrap();
     assert!(md.contains("2 runs at 64×48 px, 2 iterations each") && md.contains("| seed=1 | ok |"), "{md}");
     assert!(md.contains("![init: final images](ablations/init.png)") && !md.contains("{{"), "{md}");

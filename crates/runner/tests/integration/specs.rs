@@ -107,8 +107,11 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
     let text = r#"
         name = "all"
         [defaults]
-        content = "none"
-        style = [{ image = "scream", weight = 2.0 }, "shipwreck"]
+        content = "photos/me.jpg"
+        style = [
+            { image = "scream", weight = 2.0, scale = 0.5, mask = "masks/left.png", style_mask = "masks/sky.png" },
+            "shipwreck",
+        ]
         weights = "my/vgg.safetensors"
         width = 320
         height = 200
@@ -121,7 +124,10 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
         style_weight = 1e5
         tv_weight = 1e-3
         loss_form = "paper"
+        style_loss = "wasserstein"
         pooling = "avg"
+        preserve_colors = "histogram"
+        style_scale = 1.5
         optimizer = "lbfgs"
         iterations = 42
         max_evals = 50
@@ -146,6 +152,12 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
     }
     let back = RunParams::from_table(&t).unwrap();
     assert_eq!(back, p);
+    let s = &back.inputs.style.0[0];
+    assert_eq!((s.scale.0, s.mask.as_ref().map(|m| m.0.as_str())), (0.5, Some("masks/left.png")));
+    assert_eq!(s.style_mask.as_ref().map(|m| m.0.as_str()), Some("masks/sky.png"));
+    // A style without the new keys is recorded as before they existed (identities unchanged).
+    let plain = plan("name = \"x\"\n").runs[0].params.to_table();
+    assert_eq!(plain["style"].to_string(), r#"[{ image = "starry_night", weight = 1.0 }]"#);
     // style_layer_weights as its own key, and Adam's learning rate.
     let q = plan("name = \"x\"\n[defaults]\noptimizer = \"adam\"\nstyle_layer_weights = [1, 2, 3, 4, 5]\n").runs[0]
         .params
@@ -157,8 +169,12 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
 
 #[test]
 fn dry_run_output_parses_back_to_the_same_plan() {
-    for spec in ["init", "style_recon", "style_transfer", "ratio", "content_layer", "content_recon", "quickstart"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../experiments/{spec}.toml"));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+    let mut specs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    specs.retain(|p| p.extension().is_some_and(|x| x == "toml"));
+    assert!(specs.len() >= 11, "every shipped experiment: {specs:?}");
+    for path in specs {
+        let spec = path.display().to_string();
         let mut o = Overrides::default();
         o.set("size", "64");
         let e = runner::spec::load(&path, &o, &Limits::default()).unwrap();
