@@ -300,12 +300,9 @@ impl<'a> Objective<'a> {
                 add(*l, (g * c.content_weight)?)?;
             }
         }
-        for (l, w) in c.style_layers.iter().zip(&self.layer_weights) {
+        for (l, terms) in c.style_layers.iter().zip(self.style_terms(f)?) {
             let mut value: Option<Tensor> = None;
-            for r in &self.targets.regions {
-                let Some((v, g)) = style_term(&f[l], r.guides.get(l), &r.targets[l], c.style_loss, c.form, *w)? else {
-                    continue;
-                };
+            for (v, g) in terms.into_iter().flatten() {
                 value = Some(match value {
                     Some(prev) => (prev + v)?,
                     None => v,
@@ -320,6 +317,30 @@ impl<'a> Objective<'a> {
             });
         }
         Ok((values, grads))
+    }
+
+    /// The style term of every style layer and region (`None`: the region is absent from the
+    /// layer), in the order of the layers and regions. The Wasserstein loss spends most of its
+    /// time in host eigendecompositions, one per layer and region: those run in parallel (the
+    /// order of the results, and so of the sums, does not depend on the scheduling).
+    #[allow(clippy::type_complexity)]
+    fn style_terms(&self, f: &Features) -> Result<Vec<Vec<Option<(Tensor, Tensor)>>>> {
+        let c = &self.config;
+        let term = |(l, w): (&Layer, &f64)| -> Result<Vec<Option<(Tensor, Tensor)>>> {
+            let regions = &self.targets.regions;
+            regions
+                .iter()
+                .map(|r| style_term(&f[l], r.guides.get(l), &r.targets[l], c.style_loss, c.form, *w))
+                .collect()
+        };
+        let layers = c.style_layers.iter().zip(&self.layer_weights);
+        if c.style_loss == StyleLoss::Wasserstein {
+            use rayon::prelude::*;
+            let jobs: Vec<_> = layers.collect();
+            jobs.into_par_iter().map(term).collect()
+        } else {
+            layers.map(term).collect()
+        }
     }
 
     /// Moves every scalar to the host at once and sums the terms.

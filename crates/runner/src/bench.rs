@@ -26,6 +26,8 @@ pub struct BenchConfig {
     pub device: DeviceChoice,
     /// Convolution algorithm.
     pub algorithm: ConvAlgorithm,
+    /// The style loss (the torch reference's is `gram`).
+    pub style_loss: StyleLoss,
 }
 
 fn objective_layers(o: &Objective<'_>) -> Vec<Layer> {
@@ -49,7 +51,7 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
         style_weight: 1e3,
         tv_weight: 0.0,
         form: LossForm::Seed,
-        style_loss: StyleLoss::Gram,
+        style_loss: c.style_loss,
     };
     // Random images in [-128, 128), as the torch reference's `torch.rand(...) * 255 - 128`.
     let shape = (1, 3, c.height, c.width);
@@ -86,6 +88,7 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
     fwd.sort_by(|a, b| a.total_cmp(b));
     let json = serde_json::json!({
         "impl": format!("gatys-rs {} ({:?})", env!("CARGO_PKG_VERSION"), c.algorithm),
+        "style_loss": c.style_loss.name(),
         "device": device_name(&device),
         "threads": rayon::current_num_threads(),
         "width": c.width,

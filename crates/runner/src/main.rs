@@ -121,6 +121,9 @@ struct BenchArgs {
     /// fast (Winograd F(4x4,3x3) on CPU), winograd2x2, or candle (candle's conv2d).
     #[arg(long, default_value = "fast")]
     algorithm: String,
+    /// gram (the torch reference's), mean_cov or wasserstein.
+    #[arg(long, default_value = "gram")]
+    style_loss: String,
 }
 
 #[derive(Args)]
@@ -172,6 +175,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     .map_err(|e: runner::params::Problem| anyhow::anyhow!(e.message))
                     .context("--device")?,
                 algorithm: b.algorithm.parse().context("--algorithm")?,
+                style_loss: b.style_loss.parse().context("--style-loss")?,
             };
             println!("{}", runner::bench::bench(&assets, &cfg)?);
             Ok(ExitCode::SUCCESS)

@@ -172,7 +172,7 @@ fn style_regions(
     to_tensor: impl Fn(&RgbImage) -> vgg::Result<Tensor>,
     device: &Device,
 ) -> Result<Vec<StyleRegion>> {
-    let mut regions: Vec<(Option<&str>, StyleRegion)> = Vec::new();
+    let mut regions: Vec<(Option<&std::path::Path>, StyleRegion)> = Vec::new();
     for (a, s) in inputs.styles.iter().zip(&p.inputs.style.0) {
         let side = style_side(p, s.scale.0, size)?;
         // Style images keep their aspect ratio: the targets are statistics per position, so
@@ -181,7 +181,7 @@ fn style_regions(
             colour.style(&vgg::imageio::resize(&vgg::imageio::load_rgb(&a.image.path)?, Resize::LongSide(side)))?;
         let style_guide = a.style_mask.as_ref().map(|m| guide(&m.path, img.dimensions(), device)).transpose()?;
         let style = StyleImage { image: to_tensor(&img)?, weight: s.weight, guide: style_guide };
-        let key = a.mask.as_ref().map(|m| m.path.to_str().unwrap_or_default());
+        let key = a.mask.as_ref().map(|m| m.path.as_path());
         match regions.iter_mut().find(|(k, _)| *k == key) {
             Some((_, r)) => r.styles.push(style),
             None => {

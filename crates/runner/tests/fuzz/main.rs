@@ -94,8 +94,12 @@ fn fuzz_spec_parser() {
         check(name, 64 * MIB, Duration::from_secs(2), || parse(&text)).unwrap();
     }
     let experiments = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
-    let mut seeds: Vec<Vec<u8>> =
-        std::fs::read_dir(experiments).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(experiments)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
     seeds.extend(corpus.into_iter().map(|(_, b)| b));
     let n = cases(5000);
     runner(n)
