@@ -60,6 +60,7 @@ fn guided_styles_colour_control_and_style_scale_run_end_to_end() {
         preserve_colors = "histogram"
         style_loss = "mean_cov"
         style_scale = 1.5
+        optimizer = "adam"
     "#
     .replace("CONTENT", content.to_str().unwrap())
     .replace("STYLE", style.to_str().unwrap());
