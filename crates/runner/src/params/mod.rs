@@ -14,7 +14,7 @@ use toml::Value;
 
 pub use choice::{Choice, ColorControl, DeviceChoice, OptimizerKind};
 pub use types::{
-    Content, Count, Every, ImageRef, Init, Layers, NonNeg, ParamType, Pixels, Positive, Problem, Scale, Seed,
+    Content, Count, Decay, Every, ImageRef, Init, Layers, NonNeg, ParamType, Pixels, Positive, Problem, Scale, Seed,
     StyleLayer, StyleLayers, StyleRef, Styles, WeightList, WeightsRef,
 };
 
@@ -268,6 +268,12 @@ declare_params! {
         /// (L-BFGS only).
         guard: bool = true,
             source "crates/optim";
+        /// Output the exponential moving average of the iterates with this decay (bias-corrected;
+        /// snapshots too) instead of the last iterate. It averages away Adam's step-to-step
+        /// jitter; L-BFGS converges, so there it lags behind by about `1/(1 − d)` steps (the
+        /// final losses are the average's). Unset: the last iterate.
+        average: Option<Decay> = None,
+            source "crowsonkb/style-transfer-pytorch (0.99)";
     }
 
     /// What is saved and where it runs.

@@ -138,6 +138,20 @@ pub type NonNeg = Real<false>;
 /// A step size: finite, > 0.
 pub type Positive = Real<true>;
 
+/// A TOML number (an integer is read as a float) for which `ok` holds, else what `describe`
+/// says is valid.
+fn number_in(v: &Value, ok: impl Fn(f64) -> bool, describe: &str) -> Result<f64, Problem> {
+    let x = match v {
+        Value::Float(f) => *f,
+        Value::Integer(i) => *i as f64,
+        _ => return Err(expected(describe, v)),
+    };
+    if !ok(x) {
+        return Err(Problem::new(format!("{x} is out of range: expected {describe}")));
+    }
+    Ok(x)
+}
+
 /// A scale factor of an image: finite, 1/100 … 16 (a style image scaled beyond either end
 /// would be a few pixels or larger than any image this program reads).
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
@@ -156,15 +170,7 @@ impl Default for Scale {
 
 impl ParamType for Scale {
     fn parse(v: &Value) -> Result<Self, Problem> {
-        let x = match v {
-            Value::Float(f) => *f,
-            Value::Integer(i) => *i as f64,
-            _ => return Err(expected(&Self::describe(), v)),
-        };
-        if !Self::RANGE.contains(&x) {
-            return Err(Problem::new(format!("{x} is out of range: expected {}", Self::describe())));
-        }
-        Ok(Scale(x))
+        number_in(v, |x| Self::RANGE.contains(&x), &Self::describe()).map(Scale)
     }
     fn to_value(&self) -> Option<Value> {
         Some(Value::Float(self.0))
@@ -177,18 +183,29 @@ impl ParamType for Scale {
     }
 }
 
+/// The decay of an exponential moving average: a number in `[0, 1)`.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Decay(pub f64);
+
+impl ParamType for Decay {
+    fn parse(v: &Value) -> Result<Self, Problem> {
+        number_in(v, |x| (0.0..1.0).contains(&x), &Self::describe()).map(Decay)
+    }
+    fn to_value(&self) -> Option<Value> {
+        Some(Value::Float(self.0))
+    }
+    fn describe() -> String {
+        "a number 0 ≤ d < 1".into()
+    }
+    fn schema() -> serde_json::Value {
+        json!({ "type": "number", "minimum": 0, "exclusiveMaximum": 1 })
+    }
+}
+
 impl<const STRICT: bool> ParamType for Real<STRICT> {
     fn parse(v: &Value) -> Result<Self, Problem> {
-        let x = match v {
-            Value::Float(f) => *f,
-            Value::Integer(i) => *i as f64,
-            _ => return Err(expected(&Self::describe(), v)),
-        };
-        let ok = x.is_finite() && if STRICT { x > 0.0 } else { x >= 0.0 };
-        if !ok {
-            return Err(Problem::new(format!("{x} is out of range: expected {}", Self::describe())));
-        }
-        Ok(Real(x))
+        let ok = |x: f64| x.is_finite() && if STRICT { x > 0.0 } else { x >= 0.0 };
+        number_in(v, ok, &Self::describe()).map(Real)
     }
     fn to_value(&self) -> Option<Value> {
         Some(Value::Float(self.0))

@@ -34,6 +34,8 @@ pub(super) struct Checkpoint {
     pub rows: Vec<LossRow>,
     /// The optimizer's state.
     pub state: optim::State,
+    /// The average of the iterates, with `average`.
+    pub average: Option<super::optimise::Average>,
 }
 
 fn layers_value(v: &[(vgg::Layer, f64)]) -> Value {
@@ -59,6 +61,9 @@ pub(super) fn save(dir: &Path, id: &str, c: &Checkpoint) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> =
         c.state.tensors.iter().map(|(k, t)| (format!("opt/{k}"), t.clone())).collect();
     tensors.insert("x".into(), c.x.clone());
+    if let Some(a) = &c.average {
+        tensors.insert("average".into(), a.sum.clone());
+    }
     let tmp = tempfile::Builder::new().prefix(".partial-").tempfile_in(dir).map_err(Error::io(dir))?;
     candle_core::safetensors::save(&tensors, tmp.path())?;
     tmp.persist(dir.join(TENSORS)).map_err(|e| Error::Io { path: dir.join(TENSORS), source: e.error })?;
@@ -71,6 +76,12 @@ pub(super) fn save(dir: &Path, id: &str, c: &Checkpoint) -> Result<()> {
         Value::Table(c.state.numbers.iter().map(|(k, v)| (k.clone(), Value::Float(*v))).collect()),
     );
     t.insert("rows".into(), Value::Array(c.rows.iter().map(row_value).collect()));
+    if let Some(a) = &c.average {
+        let mut m = Table::new();
+        m.insert("decay".into(), Value::Float(a.decay));
+        m.insert("steps".into(), Value::Integer(a.steps as i64));
+        t.insert("average".into(), Value::Table(m));
+    }
     let text = toml::to_string(&t).map_err(|e| Error::Run(format!("cannot write the checkpoint: {e}")))?;
     write_atomic(&dir.join(RECORD), text.as_bytes())
 }
@@ -112,6 +123,15 @@ pub(super) fn load(dir: &Path, id: &str, device: &Device) -> Option<Checkpoint> 
     }
     let mut tensors = candle_core::safetensors::load(dir.join(TENSORS), device).ok()?;
     let x = tensors.remove("x")?;
+    let average = match (t.get("average"), tensors.remove("average")) {
+        (Some(a), Some(sum)) => Some(super::optimise::Average {
+            decay: a.get("decay")?.as_float()?,
+            sum,
+            steps: usize::try_from(a.get("steps")?.as_integer()?).ok()?,
+        }),
+        (None, None) => None,
+        _ => return None,
+    };
     let state = optim::State {
         tensors: tensors.into_iter().filter_map(|(k, v)| Some((k.strip_prefix("opt/")?.to_string(), v))).collect(),
         numbers: t
@@ -127,6 +147,7 @@ pub(super) fn load(dir: &Path, id: &str, device: &Device) -> Option<Checkpoint> 
         x,
         rows: t.get("rows")?.as_array()?.iter().map(row_of).collect::<Option<_>>()?,
         state,
+        average,
     })
 }
 

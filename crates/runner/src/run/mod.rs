@@ -237,7 +237,7 @@ fn execute_steps(
     summary.iterations = trace.iterations;
     summary.evals = trace.evals;
     summary.seconds = trace.seconds;
-    summary.final_terms = trace.rows.last().map(|r| r.terms.clone());
+    summary.final_terms = Some(trace.output_terms.clone());
     summary.curve = trace.curve();
     let image = optimise::write_outputs(dir, run, &setup, &trace)?;
     let status = match verdict::verdict(&trace, p.optimizer.iterations.get(), &image) {

@@ -62,8 +62,11 @@ pub(crate) struct Trace {
     pub evals: usize,
     /// Seconds of optimisation.
     pub seconds: f64,
-    /// The final image, `(1, 3, H, W)`, preprocessed.
+    /// The output image, `(1, 3, H, W)`, preprocessed: the final iterate, or the average of the
+    /// iterates with `average`.
     pub x: Tensor,
+    /// The objective's terms at the output image.
+    pub output_terms: Terms,
 }
 
 impl Trace {
@@ -91,11 +94,47 @@ fn optimizer(p: &RunParams, setup: &Setup) -> Box<dyn Optimizer> {
     }
 }
 
+/// The exponential moving average of the iterates (`average`), bias-corrected as Adam's
+/// moments are: after `t` updates with decay `d`, `sum = Σ_k (1 − d) d^(t−k) x_k` and the
+/// average is `sum / (1 − d^t)` (the weights then sum to 1).
+#[derive(Clone, Debug)]
+pub(super) struct Average {
+    /// The decay `d`.
+    pub decay: f64,
+    /// The uncorrected sum, `(1, 3, H, W)`.
+    pub sum: Tensor,
+    /// Updates made, `t`.
+    pub steps: usize,
+}
+
+impl Average {
+    fn new(decay: f64, x0: &Tensor) -> Result<Self> {
+        Ok(Self { decay, sum: x0.zeros_like()?, steps: 0 })
+    }
+
+    fn update(&mut self, x: &Tensor) -> Result<()> {
+        self.sum = ((&self.sum * self.decay)? + (x * (1.0 - self.decay))?)?;
+        self.steps += 1;
+        Ok(())
+    }
+
+    /// The average, `None` before the first update.
+    fn value(&self) -> Result<Option<Tensor>> {
+        if self.steps == 0 {
+            return Ok(None);
+        }
+        let exponent = i32::try_from(self.steps).unwrap_or(i32::MAX);
+        Ok(Some((&self.sum / (1.0 - self.decay.powi(exponent)))?))
+    }
+}
+
 /// The optimisation in progress: the optimizer, the iterate, the losses so far.
 struct Loop<'s, 'n> {
     setup: &'s Setup<'n>,
     opt: Box<dyn Optimizer>,
     x: Tensor,
+    /// The average of the iterates, with `average`.
+    average: Option<Average>,
     rows: Vec<LossRow>,
     step: usize,
     /// Seconds of optimisation before this invocation (a resumed run's).
@@ -108,12 +147,16 @@ impl<'s, 'n> Loop<'s, 'n> {
     fn start(setup: &'s Setup<'n>, p: &RunParams, dir: &Path, id: &str) -> Result<Self> {
         let mut opt = optimizer(p, setup);
         let t0 = Instant::now();
+        let decay = p.optimizer.average.map(|d| d.0);
         if let Some(c) = checkpoint::load(dir, id, setup.x0.device()) {
-            if c.x.dims() == setup.x0.dims() && opt.restore(&c.state).is_ok() {
-                return Ok(Loop { setup, opt, x: c.x, rows: c.rows, step: c.step, before: c.seconds, t0 });
+            let average_ok = decay.is_some() == c.average.is_some();
+            if c.x.dims() == setup.x0.dims() && average_ok && opt.restore(&c.state).is_ok() {
+                let (x, rows, step, before) = (c.x, c.rows, c.step, c.seconds);
+                return Ok(Loop { setup, opt, x, average: c.average, rows, step, before, t0 });
             }
         }
-        Ok(Loop { setup, opt, x: setup.x0.clone(), rows: Vec::new(), step: 0, before: 0.0, t0 })
+        let average = decay.map(|d| Average::new(d, &setup.x0)).transpose()?;
+        Ok(Loop { setup, opt, x: setup.x0.clone(), average, rows: Vec::new(), step: 0, before: 0.0, t0 })
     }
 
     fn seconds(&self) -> f64 {
@@ -133,6 +176,9 @@ impl<'s, 'n> Loop<'s, 'n> {
         };
         let report = self.opt.step(&mut self.x, &mut closure)?;
         self.step += 1;
+        if let Some(a) = &mut self.average {
+            a.update(&self.x)?;
+        }
         if self.rows.is_empty() {
             // Every optimizer's first evaluation is at the start.
             let e = &evals[0];
@@ -158,8 +204,17 @@ impl<'s, 'n> Loop<'s, 'n> {
             x: self.x.clone(),
             rows: self.rows.clone(),
             state: self.opt.state(),
+            average: self.average.clone(),
         };
         checkpoint::save(dir, id, &c)
+    }
+
+    /// The image the run outputs now: the average of the iterates, or the iterate.
+    fn output(&self) -> Result<Tensor> {
+        Ok(match &self.average {
+            Some(a) => a.value()?.unwrap_or_else(|| self.x.clone()),
+            None => self.x.clone(),
+        })
     }
 
     fn finish(mut self, stop: Stop) -> Result<Trace> {
@@ -170,7 +225,12 @@ impl<'s, 'n> Loop<'s, 'n> {
             self.rows.push(LossRow { iteration: self.step, evals: self.opt.evals(), seconds, terms });
         }
         let evals = self.opt.evals();
-        Ok(Trace { stop, rows: self.rows, iterations: self.step, evals, seconds, x: self.x })
+        let x = self.output()?;
+        let output_terms = match (&self.average, self.rows.last()) {
+            (None, Some(last)) => last.terms.clone(),
+            _ => self.setup.objective.terms(&x)?,
+        };
+        Ok(Trace { stop, rows: self.rows, iterations: self.step, evals, seconds, x, output_terms })
     }
 }
 
@@ -204,7 +264,7 @@ pub(super) fn optimise(
         let step = lp.step;
         progress(Progress::Step { iteration: step, evals: lp.opt.evals(), total: report.value, seconds: lp.seconds() });
         if save_every > 0 && step % save_every == 0 && step < iterations {
-            save_png(&setup.image(&lp.x)?, &dir.join(format!("snapshot_{step:05}.png")))?;
+            save_png(&setup.image(&lp.output()?)?, &dir.join(format!("snapshot_{step:05}.png")))?;
         }
         if report.converged {
             break Stop::Converged;
@@ -273,4 +333,33 @@ fn write_losses(path: &Path, p: &RunParams, rows: &[LossRow]) -> Result<()> {
 fn e(v: f64) -> String {
     // `+ 0.0` turns −0 into 0.
     format!("{:.6e}", v + 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_average_is_bias_corrected_and_weights_recent_iterates() {
+        let x = |v: f32| Tensor::full(v, (1, 3, 2, 2), &Device::Cpu).unwrap();
+        let value = |a: &Average| a.value().unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+        let mut a = Average::new(0.9, &x(0.0)).unwrap();
+        assert!(a.value().unwrap().is_none(), "nothing to average before the first step");
+        // A constant sequence averages to itself at every step (the bias correction).
+        for _ in 0..5 {
+            a.update(&x(7.0)).unwrap();
+            assert!((value(&a) - 7.0).abs() < 1e-5, "{}", value(&a));
+        }
+        // Two iterates: (0.1·0.9·1 + 0.1·3) / (1 − 0.81) = 0.39 / 0.19.
+        let mut b = Average::new(0.9, &x(0.0)).unwrap();
+        b.update(&x(1.0)).unwrap();
+        b.update(&x(3.0)).unwrap();
+        assert!((value(&b) - 0.39 / 0.19).abs() < 1e-5, "{}", value(&b));
+        // Decay 0: the last iterate.
+        let mut c = Average::new(0.0, &x(0.0)).unwrap();
+        c.update(&x(1.0)).unwrap();
+        c.update(&x(3.0)).unwrap();
+        assert_eq!(value(&c), 3.0);
+    }
 }

@@ -62,9 +62,10 @@ mod tests {
                     style_layers: vec![],
                 },
             })
-            .collect();
+            .collect::<Vec<_>>();
         let x = candle_core::Tensor::zeros((1, 3, 2, 2), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-        Trace { stop, rows, iterations: totals.len() - 1, evals: totals.len(), seconds: 0.0, x }
+        let output_terms = rows.last().map(|r| r.terms.clone()).unwrap_or_default();
+        Trace { stop, rows, iterations: totals.len() - 1, evals: totals.len(), seconds: 0.0, x, output_terms }
     }
 
     /// A varied image: a gradient with no saturated values.

@@ -520,7 +520,8 @@ fn an_interrupted_run_continues_from_its_checkpoint() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     weights_path();
-    for optimizer in ["lbfgs\"\nhistory = 3", "adam\""] {
+    // Adam with the average of the iterates as output: the average is part of the checkpoint.
+    for optimizer in ["lbfgs\"\nhistory = 3", "adam\"\naverage = 0.8"] {
         let body = format!(
             "name = \"cp\"\n[defaults]\ncontent = \"CONTENT\"\nstyle = \"STYLE\"\nsize = 64\niterations = 12\ninit = \"noise\"\ncheckpoint_interval = 0\noptimizer = \"{optimizer}\n"
         );

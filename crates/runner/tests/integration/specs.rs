@@ -135,6 +135,7 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
         history = 7
         line_search = "strong_wolfe"
         guard = false
+        average = 0.99
         save_every = 3
         checkpoint_interval = 30
         device = "cpu"
