@@ -176,7 +176,9 @@ fn region_targets(vgg: &Vgg19, config: &ObjectiveConfig, region: &StyleRegion) -
         for (l, a) in f {
             let guide = s.guide.as_ref().map(|g| guide_at(g, l)).transpose()?;
             let (m, _) = Moments::of(&a, guide.as_ref())?.ok_or_else(|| {
-                Error::Config(format!("the style image's guide leaves nothing of it at {l}: paint more of it white"))
+                Error::Config(format!(
+                    "the style image's guide (style_mask) leaves less than one position of it at {l}: paint more of it white"
+                ))
             })?;
             parts.entry(l).or_default().push((m, s.weight));
         }
@@ -187,8 +189,18 @@ fn region_targets(vgg: &Vgg19, config: &ObjectiveConfig, region: &StyleRegion) -
     }
     let mut guides = BTreeMap::new();
     if let Some(g) = &region.guide {
+        let mut largest = 0f64;
         for l in &config.style_layers {
-            guides.insert(*l, guide_at(g, *l)?);
+            let at = guide_at(g, *l)?;
+            largest = largest.max(at.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?);
+            guides.insert(*l, at);
+        }
+        if largest < crate::style::MIN_MASS {
+            return Err(Error::Config(
+                "the output's guide (mask) covers none of the output: its styles would have no effect; paint their \
+                 region white"
+                    .into(),
+            ));
         }
     }
     Ok(RegionTargets { guides, targets })
