@@ -180,8 +180,7 @@ impl StyleTarget {
             StyleLoss::Wasserstein => {
                 let cov = moments.covariance()?.to_dtype(DType::F64)?;
                 let n = cov.dim(0)?;
-                let trace = cov.to_device(&candle_core::Device::Cpu)?.to_vec2::<f64>()?;
-                let tr: f64 = (0..n).map(|i| trace[i][i]).sum();
+                let tr = trace(&cov)?;
                 let eps = (1e-4 * tr / n as f64).max(1e-8);
                 let reg = (cov + identity(n, eps, moments.mean.device())?)?;
                 let eig = eigen(&reg)?;
@@ -196,6 +195,12 @@ impl StyleTarget {
     pub fn moments(&self) -> &Moments {
         &self.moments
     }
+}
+
+/// The trace of an `(N, N)` matrix, summed where it lives (no copy of the matrix to the host).
+fn trace(a: &Tensor) -> Result<f64> {
+    let eye = Tensor::eye(a.dim(0)?, a.dtype(), a.device())?;
+    Ok((a * eye)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
 fn identity(n: usize, scale: f64, device: &candle_core::Device) -> Result<Tensor> {
@@ -290,8 +295,7 @@ fn wasserstein(m: &Moments, target: &StyleTarget, n: usize) -> Result<(Tensor, T
     let (b, tr_t, eps) = target.w2.as_ref().ok_or_else(|| Error::Config("no Wasserstein target".into()))?;
     let device = m.mean.device();
     let cov = (m.covariance()?.to_dtype(DType::F64)? + identity(n, *eps, device)?)?;
-    let tr = cov.to_device(&candle_core::Device::Cpu)?.to_vec2::<f64>()?;
-    let tr: f64 = (0..n).map(|i| tr[i][i]).sum();
+    let tr = trace(&cov)?;
     let k = b.matmul(&cov)?.matmul(b)?;
     let eig = eigen(&k)?;
     // K is positive definite up to rounding; clamp what rounding made negative.

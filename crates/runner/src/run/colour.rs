@@ -54,10 +54,8 @@ pub fn luminance(img: &RgbImage) -> RgbImage {
 
 /// Mean and standard deviation of the luminance of a grey image.
 fn moments(grey: &RgbImage) -> (f64, f64) {
-    let n = (grey.width() as f64 * grey.height() as f64).max(1.0);
-    let mean = grey.pixels().map(|p| f64::from(p.0[0])).sum::<f64>() / n;
-    let var = grey.pixels().map(|p| (f64::from(p.0[0]) - mean).powi(2)).sum::<f64>() / n;
-    (mean, var.sqrt())
+    let (mean, cov) = rgb_moments(grey);
+    (mean[0], cov[0].sqrt())
 }
 
 /// The style's luminance with the content's luminance mean and standard deviation (both grey
