@@ -344,6 +344,12 @@ impl RunParams {
         }
     }
 
+    /// The long side in pixels, unrounded, of a style image of own `scale` for an output of
+    /// `(width, height)`: the output's long side × `style_scale` × `scale`.
+    pub fn style_long_side(&self, scale: f64, (width, height): (u32, u32)) -> f64 {
+        f64::from(width.max(height)) * self.controls.style_scale.0 * scale
+    }
+
     /// The style layer weights given (inline or as `style_layer_weights`), if any.
     pub fn style_layer_weights(&self) -> Option<Vec<f64>> {
         self.objective.style_layers.inline_weights().or_else(|| self.objective.style_layer_weights.clone().map(|w| w.0))

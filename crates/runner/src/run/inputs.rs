@@ -143,7 +143,7 @@ impl<'a> Setup<'a> {
 /// The long side of style images for an output of `(width, height)`: the output's long side
 /// times `style_scale` times the style's own `scale`, refused outside 16 … 16384 px.
 pub(super) fn style_side(p: &RunParams, scale: f64, (width, height): (u32, u32)) -> Result<u32> {
-    let side = (f64::from(width.max(height)) * p.controls.style_scale.0 * scale).round();
+    let side = p.style_long_side(scale, (width, height)).round();
     if !(16.0..=f64::from(vgg::imageio::MAX_SIDE)).contains(&side) {
         return Err(Error::Run(format!(
             "style_scale {} × scale {scale} makes a style image {side} px on its long side for a {width}×{height} \

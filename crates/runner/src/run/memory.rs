@@ -69,13 +69,8 @@ pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
     // Before the optimisation, the style targets: a forward pass without a tape over the largest
     // style image (a square of its long side, the most it can be), whose widest activations are
     // block 1's 64 channels, with input and output buffers of a convolution alive at once.
-    let largest_style = p
-        .inputs
-        .style
-        .0
-        .iter()
-        .map(|s| (f64::from(width.max(height)) * p.controls.style_scale.0 * s.scale.0).powi(2))
-        .fold(0.0, f64::max);
+    let largest_style =
+        p.inputs.style.0.iter().map(|s| p.style_long_side(s.scale.0, (width, height)).powi(2)).fold(0.0, f64::max);
     let targets = fixed + mib(largest_style * 64.0 * 4.0 * STYLE_BUFFERS);
     let peak_mib = optimisation.max(targets);
     MemoryEstimate { peak_mib, optimizer_mib }
