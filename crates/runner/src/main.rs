@@ -387,7 +387,7 @@ fn run_one(
     mode: &RunMode,
     multi: &MultiProgress,
 ) -> anyhow::Result<RunSummary> {
-    let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.get() as u64));
+    let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.at(0) as u64));
     bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
     bar.set_prefix(run.name.clone());
     bar.enable_steady_tick(Duration::from_millis(500));

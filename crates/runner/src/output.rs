@@ -57,12 +57,24 @@ pub struct Series {
 
 /// A log-scale line plot of `series` against `x_label`, written as PNG.
 pub fn plot_log(path: &Path, title: &str, x_label: &str, series: &[Series], size: (u32, u32)) -> Result<()> {
+    plot_log_marked(path, title, x_label, series, &[], size)
+}
+
+/// [`plot_log`] with a labelled vertical dashed line at each of `marks` (x, label).
+pub fn plot_log_marked(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    marks: &[(f64, String)],
+    size: (u32, u32),
+) -> Result<()> {
     font();
     let (w, h) = size;
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        draw_log(&root, title, x_label, series)
+        draw_log(&root, title, x_label, series, marks)
             .map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
         root.present().map_err(|e| Error::Run(format!("cannot draw {}: {e}", path.display())))?;
     }
@@ -75,6 +87,7 @@ fn draw_log<DB: DrawingBackend>(
     title: &str,
     x_label: &str,
     series: &[Series],
+    marks: &[(f64, String)],
 ) -> std::result::Result<(), Box<dyn std::error::Error + 'static>>
 where
     DB::ErrorType: 'static,
@@ -104,6 +117,20 @@ where
             .draw_series(LineSeries::new(data, color.stroke_width(2)))?
             .label(s.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    for (x, label) in marks {
+        let grey = RGBColor(110, 110, 110);
+        let dashes = (0..40).map(|k| {
+            let (a, b) = (k as f64 / 40.0, (k as f64 + 0.5) / 40.0);
+            let y = |t: f64| y_min * (y_max / y_min).powf(t);
+            PathElement::new(vec![(*x, y(a)), (*x, y(b))], grey.stroke_width(1))
+        });
+        chart.draw_series(dashes)?;
+        chart.draw_series(std::iter::once(Text::new(
+            label.clone(),
+            (*x, y_min * (y_max / y_min).powf(0.04)),
+            ("sans-serif", 11).into_font().color(&grey),
+        )))?;
     }
     if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
         chart

@@ -8,11 +8,13 @@
 pub mod choice;
 pub mod docs;
 pub mod rules;
+pub mod scales;
 pub mod types;
 
 use toml::Value;
 
 pub use choice::{Choice, ColorControl, DeviceChoice, OptimizerKind};
+pub use scales::{Iterations, Scales, Stage};
 pub use types::{
     Content, Count, Decay, Every, ImageRef, Init, Layers, NonNeg, ParamType, Pixels, Positive, Problem, Scale, Seed,
     StyleLayer, StyleLayers, StyleRef, Styles, WeightList, WeightsRef,
@@ -174,6 +176,12 @@ declare_params! {
         /// Exact output height in pixels (with `width`), instead of `size`.
         height: Option<Pixels> = None,
             source "—";
+        /// Coarse-to-fine: long sides of the stages before the output's, e.g. `[256, 512]`, or
+        /// `{ start = 128, factor = 1.414 }` (start × factorᵏ below the output's long side). Each
+        /// stage starts from the previous one's output (bicubic upsampling) with its targets
+        /// recomputed at its size; `iterations` counts per stage. Unset: one stage, the output.
+        scales: Option<Scales> = None,
+            source "crowsonkb/style-transfer-pytorch (128 × √2ᵏ); neural-style's multires.sh";
     }
 
     /// Where the optimisation starts.
@@ -249,9 +257,11 @@ declare_params! {
         /// The optimizer.
         optimizer: OptimizerKind = OptimizerKind::Lbfgs,
             source "the paper; Adam is neural-style's alternative";
-        /// Optimizer steps (an L-BFGS step without line search is one evaluation).
-        iterations: Count = Count::default_steps(),
-            source "Gatys' code";
+        /// Optimizer steps (an L-BFGS step without line search is one evaluation); with `scales`,
+        /// per stage: one number for every stage, a list (one per stage, coarsest first), or
+        /// `{ first, rest }`.
+        iterations: Iterations = Iterations::Each(Count::default_steps()),
+            source "Gatys' code; per stage: neural-style's multires.sh (1000, 500, 200, …)";
         /// Stop early after this many objective evaluations (strong-Wolfe steps take several).
         max_evals: Option<Count> = None,
             source "—";
@@ -274,6 +284,11 @@ declare_params! {
         /// final losses are the average's). Unset: the last iterate.
         average: Option<Decay> = None,
             source "crowsonkb/style-transfer-pytorch (0.99)";
+        /// Adam's moment estimates go on to the next stage of `scales`, resized to it (bilinear),
+        /// instead of restarting from zero (Adam with `scales` only; L-BFGS always restarts its
+        /// history, whose pairs belong to the previous size).
+        carry_moments: bool = true,
+            source "crowsonkb/style-transfer-pytorch carries them; measured in docs/highres.md";
     }
 
     /// What is saved and where it runs.
@@ -348,6 +363,34 @@ impl RunParams {
     /// `(width, height)`: the output's long side × `style_scale` × `scale`.
     pub fn style_long_side(&self, scale: f64, (width, height): (u32, u32)) -> f64 {
         f64::from(width.max(height)) * self.controls.style_scale.0 * scale
+    }
+
+    /// The run's stages for an output of `(width, height)`: one per scale, smallest first, the
+    /// last at the output's size (one stage without `scales`).
+    pub fn stages(&self, (width, height): (u32, u32)) -> Result<Vec<Stage>, Problem> {
+        let last = width.max(height);
+        let sides = match &self.geometry.scales {
+            Some(s) => s.sides(last)?,
+            None => vec![last],
+        };
+        Ok(sides
+            .iter()
+            .enumerate()
+            .map(|(index, &side)| {
+                let (w, h) = scales::stage_size(side, (width, height));
+                Stage { index, side, width: w, height: h, iterations: self.optimizer.iterations.at(index) }
+            })
+            .collect())
+    }
+
+    /// The output's long side, which the parameters alone set (`size`, or `width` and
+    /// `height`, else 512): the content image sets only the aspect ratio.
+    pub fn long_side(&self) -> u32 {
+        match self.resize() {
+            vgg::Resize::Exact { width, height } => width.max(height),
+            vgg::Resize::LongSide(n) => n,
+            vgg::Resize::Keep => 512,
+        }
     }
 
     /// The style layer weights given (inline or as `style_layer_weights`), if any.

@@ -12,6 +12,9 @@ pub fn not_applicable(key: &str, p: &RunParams) -> Option<String> {
         "history" | "line_search" | "guard" if p.optimizer.optimizer != OptimizerKind::Lbfgs => {
             Some(format!("`{key}` applies to L-BFGS only, and this run's optimizer is {}", p.optimizer.optimizer))
         }
+        "carry_moments" if p.optimizer.optimizer != OptimizerKind::Adam || p.geometry.scales.is_none() => {
+            Some("`carry_moments` applies to Adam with `scales` only".to_string())
+        }
         _ => None,
     }
 }
@@ -89,7 +92,23 @@ pub fn check(p: &RunParams, given: &dyn Fn(&str) -> Option<String>) -> Vec<Confl
              layer or weight) and no tv weight",
         ));
     }
-    for key in ["history", "line_search", "guard"] {
+    match p.stages((p.long_side(), p.long_side())) {
+        Err(e) => out.push(conflict(&["scales"], format!("{}{}", e.at, e.message))),
+        Ok(stages) => {
+            if let Some(n) = p.optimizer.iterations.stages().filter(|n| *n != stages.len()) {
+                let sides: Vec<String> = stages.iter().map(|s| s.side.to_string()).collect();
+                out.push(conflict(
+                    &["iterations", "scales"],
+                    format!(
+                        "{n} iteration counts for {} stages ({} px): give one per stage, or one number, or {{ first, rest }}",
+                        stages.len(),
+                        sides.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    for key in ["history", "line_search", "guard", "carry_moments"] {
         if let (Some(from), Some(why)) = (given(key), not_applicable(key, p)) {
             out.push(conflict(&[key_static(key)], format!("{why} (set in {from}); remove it")));
         }

@@ -71,7 +71,7 @@ fn found(v: &Value) -> String {
     }
 }
 
-fn expected(what: &str, v: &Value) -> Problem {
+pub(super) fn expected(what: &str, v: &Value) -> Problem {
     Problem::new(format!("expected {what}, found {}", found(v)))
 }
 
@@ -140,7 +140,7 @@ pub type Positive = Real<true>;
 
 /// A TOML number (an integer is read as a float) for which `ok` holds, else what `describe`
 /// says is valid.
-fn number_in(v: &Value, ok: impl Fn(f64) -> bool, describe: &str) -> Result<f64, Problem> {
+pub(super) fn number_in(v: &Value, ok: impl Fn(f64) -> bool, describe: &str) -> Result<f64, Problem> {
     let x = match v {
         Value::Float(f) => *f,
         Value::Integer(i) => *i as f64,
@@ -341,7 +341,7 @@ pub struct Styles(pub Vec<StyleRef>);
 const STYLE_KEYS: [&str; 5] = ["image", "weight", "scale", "mask", "style_mask"];
 
 /// Reads a table's entries, refusing keys outside `valid` (with the nearest one).
-fn table_keys(t: &toml::Table, valid: &[&str]) -> Result<(), Problem> {
+pub(super) fn table_keys(t: &toml::Table, valid: &[&str]) -> Result<(), Problem> {
     for k in t.keys() {
         if !valid.contains(&k.as_str()) {
             return Err(Problem {
@@ -354,7 +354,7 @@ fn table_keys(t: &toml::Table, valid: &[&str]) -> Result<(), Problem> {
 }
 
 /// Reads `t[key]` with `T` when present, the problem located at `.key`.
-fn field<T: ParamType>(t: &toml::Table, key: &str) -> Result<Option<T>, Problem> {
+pub(super) fn field<T: ParamType>(t: &toml::Table, key: &str) -> Result<Option<T>, Problem> {
     t.get(key).map(|v| T::parse(v).map_err(|p| p.inside(format!(".{key}")))).transpose()
 }
 

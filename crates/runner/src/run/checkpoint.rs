@@ -24,7 +24,13 @@ const RECORD: &str = "checkpoint.toml";
 
 /// Where a run stands.
 pub(super) struct Checkpoint {
-    /// Steps made.
+    /// The stage it was taken at (0: the first; single-scale runs have only that one).
+    pub stage: usize,
+    /// The step that stage started at.
+    pub first_step: usize,
+    /// Evaluations of the stages before it.
+    pub evals_before: usize,
+    /// Steps made, all stages'.
     pub step: usize,
     /// Seconds of optimisation so far.
     pub seconds: f64,
@@ -46,6 +52,7 @@ fn row_value(r: &LossRow) -> Value {
     let t = &r.terms;
     let mut m = Table::new();
     m.insert("iteration".into(), Value::Integer(r.iteration as i64));
+    m.insert("scale".into(), Value::Integer(i64::from(r.scale)));
     m.insert("evals".into(), Value::Integer(r.evals as i64));
     m.insert("seconds".into(), Value::Float(r.seconds));
     for (k, v) in [("total", t.total), ("content", t.content), ("style", t.style), ("tv", t.tv)] {
@@ -70,6 +77,9 @@ pub(super) fn save(dir: &Path, id: &str, c: &Checkpoint) -> Result<()> {
     let mut t = Table::new();
     t.insert("id".into(), Value::String(id.into()));
     t.insert("step".into(), Value::Integer(c.step as i64));
+    t.insert("stage".into(), Value::Integer(c.stage as i64));
+    t.insert("first_step".into(), Value::Integer(c.first_step as i64));
+    t.insert("evals_before".into(), Value::Integer(c.evals_before as i64));
     t.insert("seconds".into(), Value::Float(c.seconds));
     t.insert(
         "numbers".into(),
@@ -101,6 +111,7 @@ fn row_of(v: &Value) -> Option<LossRow> {
     let int = |k: &str| v.get(k).and_then(|x| x.as_integer()).and_then(|i| usize::try_from(i).ok());
     Some(LossRow {
         iteration: int("iteration")?,
+        scale: u32::try_from(int("scale")?).ok()?,
         evals: int("evals")?,
         seconds: num("seconds")?,
         terms: Terms {
@@ -141,8 +152,12 @@ pub(super) fn load(dir: &Path, id: &str, device: &Device) -> Option<Checkpoint> 
             .map(|(k, v)| Some((k.clone(), v.as_float()?)))
             .collect::<Option<_>>()?,
     };
+    let count = |k: &str| usize::try_from(t.get(k)?.as_integer()?).ok();
     Some(Checkpoint {
-        step: usize::try_from(t.get("step")?.as_integer()?).ok()?,
+        stage: count("stage")?,
+        first_step: count("first_step")?,
+        evals_before: count("evals_before")?,
+        step: count("step")?,
         seconds: t.get("seconds")?.as_float()?,
         x,
         rows: t.get("rows")?.as_array()?.iter().map(row_of).collect::<Option<_>>()?,

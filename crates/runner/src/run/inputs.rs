@@ -102,11 +102,33 @@ pub(super) struct Setup<'a> {
 }
 
 impl<'a> Setup<'a> {
-    /// Loads the images, computes the targets and the starting image.
-    pub(super) fn build(net: &'a Vgg19, p: &RunParams, inputs: &Inputs, device: &Device) -> Result<Self> {
+    /// The output's size for run `p`: the content image's aspect ratio (read from its header)
+    /// and the size rule.
+    pub(super) fn output_size(p: &RunParams, inputs: &Inputs) -> Result<(u32, u32)> {
+        let content = inputs
+            .content
+            .as_ref()
+            .map(|a| {
+                image::image_dimensions(&a.path)
+                    .map_err(|source| Error::from(vgg::Error::Image { path: a.path.clone(), source }))
+            })
+            .transpose()?;
+        Ok(p.output_size(content))
+    }
+
+    /// Loads the images at `(width, height)` (one stage's size), computes the targets there,
+    /// and the starting image: `start` (the previous stage's output, resized) or the run's
+    /// `init`.
+    pub(super) fn build(
+        net: &'a Vgg19,
+        p: &RunParams,
+        inputs: &Inputs,
+        device: &Device,
+        (width, height): (u32, u32),
+        start: Option<Tensor>,
+    ) -> Result<Self> {
         let pre = net.preprocessing();
         let content_img = inputs.content.as_ref().map(|a| vgg::imageio::load_rgb(&a.path)).transpose()?;
-        let (width, height) = p.output_size(content_img.as_ref().map(|img| img.dimensions()));
         let exact = |img: &RgbImage| vgg::imageio::resize(img, Resize::Exact { width, height });
         let photo = content_img.as_ref().map(exact);
         let colour = Colour::new(p.controls.preserve_colors, photo.as_ref())?;
@@ -116,17 +138,20 @@ impl<'a> Setup<'a> {
         let config = objective_config(p);
         let targets = Targets::compute(net, &config, content.as_ref(), &regions)?;
         let objective = Objective::new(net, config, targets)?;
-        let x0 = match &p.start.init {
-            Init::Content => content.ok_or_else(|| Error::Run("init = content without a content image".into()))?,
-            Init::Style => {
+        let x0 = match (start, &p.start.init) {
+            (Some(x), _) => x,
+            (None, Init::Content) => {
+                content.ok_or_else(|| Error::Run("init = content without a content image".into()))?
+            }
+            (None, Init::Style) => {
                 let a = inputs.styles.first().ok_or_else(|| Error::Run("init = style without a style image".into()))?;
                 pre.to_tensor(&colour.style(&exact(&vgg::imageio::load_rgb(&a.image.path)?))?, device)?
             }
-            Init::Noise => {
+            (None, Init::Noise) => {
                 let std = p.start.noise_std.0 * pre.units_per_pixel_level() as f64;
                 noise(p.start.seed.0, std, (height as usize, width as usize), device)?
             }
-            Init::Image(_) => {
+            (None, Init::Image(_)) => {
                 let a = inputs.init.as_ref().ok_or_else(|| Error::Run("init image missing".into()))?;
                 to_tensor(&vgg::imageio::load_rgb(&a.path)?)?
             }

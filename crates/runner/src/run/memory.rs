@@ -39,12 +39,24 @@ pub struct MemoryEstimate {
 }
 
 /// The deepest layer a run reads.
-fn deepest(p: &RunParams) -> Option<Layer> {
+pub(super) fn deepest(p: &RunParams) -> Option<Layer> {
     p.objective.content_layers.0.iter().copied().chain(p.objective.style_layers.layers()).max()
 }
 
-/// Estimates the peak resident memory of run `p` at an output of `width`×`height`.
+/// Estimates the peak resident memory of run `p` at an output of `width`×`height`: the most of
+/// any of its stages (with `scales`, a smaller stage may keep a longer history).
 pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
+    let stages = p.stages((width, height)).unwrap_or_default();
+    let one = |s: &crate::params::Stage| estimate_stage(p, (s.width, s.height), s.iterations);
+    stages
+        .iter()
+        .map(one)
+        .reduce(|a, b| if b.peak_mib > a.peak_mib { b } else { a })
+        .unwrap_or_else(|| estimate_stage(p, (width, height), p.optimizer.iterations.at(0)))
+}
+
+/// The estimate of one stage of `iterations` steps at `(width, height)`.
+fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize) -> MemoryEstimate {
     let px = f64::from(width) * f64::from(height);
     let (mut weights, mut tape) = (0f64, 0f64);
     if let Some(last) = deepest(p) {
@@ -57,7 +69,7 @@ pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
             }
         }
     }
-    let iterations = p.optimizer.iterations.get() as f64;
+    let iterations = iterations as f64;
     let vectors = match p.optimizer.optimizer {
         OptimizerKind::Lbfgs => 2.0 * (iterations - 1.0).clamp(0.0, p.optimizer.history.get() as f64),
         OptimizerKind::Adam => 2.0,
@@ -104,7 +116,7 @@ mod tests {
     #[test]
     fn the_estimate_grows_with_size_depth_and_history() {
         let mut p = RunParams::default();
-        p.optimizer.iterations = crate::params::types::Int(2);
+        p.optimizer.iterations = crate::params::Iterations::Each(crate::params::types::Int(2));
         let small = estimate(&p, 256, 192).peak_mib;
         let large = estimate(&p, 1024, 768).peak_mib;
         assert!(large > 3.0 * small, "{small} {large}");
@@ -113,7 +125,7 @@ mod tests {
         shallow.objective.content_layers = crate::params::Layers(vec!["relu1_2".parse().unwrap()]);
         assert!(estimate(&shallow, 1024, 768).peak_mib < large / 2.0);
         let mut long = p.clone();
-        long.optimizer.iterations = crate::params::types::Int(500);
+        long.optimizer.iterations = crate::params::Iterations::Each(crate::params::types::Int(500));
         // 100 pairs (the history) of two 1024×768×3 float vectors: 1800 MiB.
         let e = estimate(&long, 1024, 768);
         assert!((e.optimizer_mib - 1800.0).abs() < 0.01, "{e:?}");

@@ -9,6 +9,7 @@ mod inputs;
 pub mod memory;
 pub(crate) mod optimise;
 mod preflight;
+mod upsample;
 mod verdict;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use vgg::{ConvAlgorithm, Vgg19, VggWeights, WeightsFormat};
 
 use crate::assets::{Asset, Assets};
 use crate::device::{device_name, peak_rss_mib, reset_peak_rss, resolve_device};
+use crate::output;
 use crate::params::{DeviceChoice, RunParams};
 use crate::record::{read_run_record, RunSummary, Status};
 use crate::spec::PlannedRun;
@@ -231,16 +233,17 @@ fn execute_steps(
             return Ok(status);
         }
     }
-    let setup = inputs::Setup::build(&net, p, &inputs, &device)?;
-    progress(Progress::Started { iterations: p.optimizer.iterations.get(), device: summary.device.clone() });
-    let trace = optimise::optimise(&setup, p, dir, &id, &session.interrupt, progress)?;
+    let stages = p.stages(inputs::Setup::output_size(p, &inputs)?).map_err(|e| Error::Run(e.message))?;
+    let planned: usize = stages.iter().map(|s| s.iterations).sum();
+    progress(Progress::Started { iterations: planned, device: summary.device.clone() });
+    let (setup, trace) = optimise_stages(&net, p, &inputs, &device, &stages, (dir, &id), session, progress)?;
     summary.iterations = trace.iterations;
     summary.evals = trace.evals;
     summary.seconds = trace.seconds;
     summary.final_terms = Some(trace.output_terms.clone());
     summary.curve = trace.curve();
     let image = optimise::write_outputs(dir, run, &setup, &trace)?;
-    let status = match verdict::verdict(&trace, p.optimizer.iterations.get(), &image) {
+    let status = match verdict::verdict(&trace, planned, &image) {
         Some(why) => Status::Flagged(why),
         None => Status::Ok,
     };
@@ -251,6 +254,48 @@ fn execute_steps(
     crate::record::write_run_record(dir, &header, summary)?;
     checkpoint::remove(dir);
     Ok(status)
+}
+
+/// Runs every stage in turn, each from the previous one's output resized to it, saving each
+/// stage's image as `scale_NN.png` when there are several; resumes at the stage of the run's
+/// checkpoint. Returns the last stage's setup and the trace of all stages.
+#[allow(clippy::too_many_arguments)]
+fn optimise_stages<'n>(
+    net: &'n Vgg19,
+    p: &RunParams,
+    inputs: &inputs::Inputs,
+    device: &Device,
+    stages: &[crate::params::Stage],
+    (dir, id): (&Path, &str),
+    session: &Session,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(inputs::Setup<'n>, optimise::Trace)> {
+    let mut resume = checkpoint::load(dir, id, device)
+        .filter(|c| stages.get(c.stage).is_some_and(|s| c.x.dims()[2..] == [s.height as usize, s.width as usize]));
+    let mut k = resume.as_ref().map_or(0, |c| c.stage);
+    let (mut carried, mut start) = (optimise::Carried::default(), None);
+    loop {
+        let stage = stages[k];
+        let setup = inputs::Setup::build(net, p, inputs, device, (stage.width, stage.height), start.take())?;
+        let (trace, next) =
+            optimise::optimise(&setup, p, stage, (carried, resume.take()), dir, id, &session.interrupt, progress)?;
+        if stages.len() > 1 {
+            output::save_png(&setup.image(&trace.x)?, &dir.join(format!("scale_{k:02}.png")))?;
+        }
+        // An exhausted evaluation budget goes straight to the output's size.
+        k = if trace.stop == optimise::Stop::MaxEvals { stages.len() - 1 } else { k + 1 };
+        let Some(to) = stages.get(k).filter(|_| k > stage.index) else {
+            return Ok((setup, trace));
+        };
+        let size = (to.width, to.height);
+        start = Some(upsample::resize(&trace.x, size, upsample::Filter::Bicubic)?);
+        let state = match (p.optimizer.optimizer, p.optimizer.carry_moments, next.state) {
+            (crate::params::OptimizerKind::Adam, true, Some(s)) => Some(upsample::carry_adam_state(&s, size)?),
+            // L-BFGS's pairs belong to the previous size: its history restarts.
+            _ => None,
+        };
+        carried = optimise::Carried { rows: trace.rows, state, ..next };
+    }
 }
 
 /// The status of the complete outputs of a run of identity `id` in `dir` (`Skipped`, or the

@@ -10,8 +10,8 @@ use candle_core::Tensor;
 use losses::Terms;
 use optim::{Adam, AdamConfig, Lbfgs, LbfgsConfig, Optimizer};
 
-use crate::output::{plot_log, save_png, write_csv, Series};
-use crate::params::{OptimizerKind, RunParams};
+use crate::output::{plot_log_marked, save_png, write_csv, Series};
+use crate::params::{OptimizerKind, RunParams, Stage};
 use crate::record::CurvePoint;
 use crate::spec::PlannedRun;
 use crate::{Error, Result};
@@ -23,8 +23,10 @@ use super::Progress;
 /// The objective at one iterate: one row of `losses.csv`.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LossRow {
-    /// The iterate (0: the start).
+    /// The iterate (0: the start), counted across stages.
     pub iteration: usize,
+    /// The long side of the stage it was evaluated at, pixels.
+    pub scale: u32,
     /// Evaluations made when it was recorded.
     pub evals: usize,
     /// Seconds since the optimisation started.
@@ -128,35 +130,96 @@ impl Average {
     }
 }
 
-/// The optimisation in progress: the optimizer, the iterate, the losses so far.
+/// What one stage hands to the next (and a checkpoint to the run it resumes): the losses so
+/// far and the counters that continue across stages.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Carried {
+    /// The losses so far, every stage's.
+    pub rows: Vec<LossRow>,
+    /// Steps made before this stage.
+    pub step: usize,
+    /// Evaluations made before this stage.
+    pub evals: usize,
+    /// Seconds of optimisation before this stage.
+    pub seconds: f64,
+    /// The optimizer's state to continue from: Adam's moments, resized to this stage
+    /// (`carry_moments`); `None`: a fresh optimizer.
+    pub state: Option<optim::State>,
+}
+
+/// The optimisation of one stage in progress: the optimizer, the iterate, the losses so far.
 struct Loop<'s, 'n> {
     setup: &'s Setup<'n>,
+    stage: Stage,
     opt: Box<dyn Optimizer>,
     x: Tensor,
-    /// The average of the iterates, with `average`.
+    /// The average of the iterates, with `average` (restarted at each stage).
     average: Option<Average>,
     rows: Vec<LossRow>,
+    /// Steps made, all stages'.
     step: usize,
-    /// Seconds of optimisation before this invocation (a resumed run's).
+    /// The step this stage started at.
+    first_step: usize,
+    /// Evaluations of the previous stages.
+    evals_before: usize,
+    /// Seconds of optimisation before this stage or invocation.
     before: f64,
     t0: Instant,
 }
 
 impl<'s, 'n> Loop<'s, 'n> {
-    /// A fresh start at `setup.x0`, or the run's checkpoint in `dir` when there is one.
-    fn start(setup: &'s Setup<'n>, p: &RunParams, dir: &Path, id: &str) -> Result<Self> {
+    /// Stage `stage` from `setup.x0` after the previous stages (`carried`), or from `resume`,
+    /// the run's checkpoint, when it was taken at this stage.
+    fn start(
+        setup: &'s Setup<'n>,
+        p: &RunParams,
+        stage: Stage,
+        carried: Carried,
+        resume: Option<checkpoint::Checkpoint>,
+    ) -> Result<Self> {
         let mut opt = optimizer(p, setup);
         let t0 = Instant::now();
         let decay = p.optimizer.average.map(|d| d.0);
-        if let Some(c) = checkpoint::load(dir, id, setup.x0.device()) {
+        if let Some(c) = resume {
             let average_ok = decay.is_some() == c.average.is_some();
-            if c.x.dims() == setup.x0.dims() && average_ok && opt.restore(&c.state).is_ok() {
-                let (x, rows, step, before) = (c.x, c.rows, c.step, c.seconds);
-                return Ok(Loop { setup, opt, x, average: c.average, rows, step, before, t0 });
+            if c.stage == stage.index && c.x.dims() == setup.x0.dims() && average_ok && opt.restore(&c.state).is_ok() {
+                return Ok(Loop {
+                    setup,
+                    stage,
+                    opt,
+                    x: c.x,
+                    average: c.average,
+                    rows: c.rows,
+                    step: c.step,
+                    first_step: c.first_step,
+                    evals_before: c.evals_before,
+                    before: c.seconds,
+                    t0,
+                });
             }
         }
+        if let Some(state) = &carried.state {
+            opt.restore(state)?;
+        }
         let average = decay.map(|d| Average::new(d, &setup.x0)).transpose()?;
-        Ok(Loop { setup, opt, x: setup.x0.clone(), average, rows: Vec::new(), step: 0, before: 0.0, t0 })
+        Ok(Loop {
+            setup,
+            stage,
+            opt,
+            x: setup.x0.clone(),
+            average,
+            rows: carried.rows,
+            step: carried.step,
+            first_step: carried.step,
+            evals_before: carried.evals,
+            before: carried.seconds,
+            t0,
+        })
+    }
+
+    /// Evaluations made, all stages'.
+    fn evals(&self) -> usize {
+        self.evals_before + self.opt.evals()
     }
 
     fn seconds(&self) -> f64 {
@@ -179,17 +242,24 @@ impl<'s, 'n> Loop<'s, 'n> {
         if let Some(a) = &mut self.average {
             a.update(&self.x)?;
         }
-        if self.rows.is_empty() {
-            // Every optimizer's first evaluation is at the start.
+        if self.rows.last().is_none_or(|r| r.scale != self.stage.side) {
+            // Every optimizer's first evaluation is at the start of its stage.
             let e = &evals[0];
-            self.rows.push(LossRow { iteration: 0, evals: 1, seconds: e.seconds, terms: e.terms.clone() });
+            self.rows.push(LossRow {
+                iteration: self.first_step,
+                scale: self.stage.side,
+                evals: self.evals_before + 1,
+                seconds: e.seconds,
+                terms: e.terms.clone(),
+            });
         }
         let iterate = report.iterate(self.step);
         let e = report.value_eval.checked_sub(base).and_then(|i| evals.get(i));
         if let (Some(e), true) = (e, self.rows.last().is_some_and(|r| r.iteration < iterate)) {
             self.rows.push(LossRow {
                 iteration: iterate,
-                evals: self.opt.evals(),
+                scale: self.stage.side,
+                evals: self.evals(),
                 seconds: e.seconds,
                 terms: e.terms.clone(),
             });
@@ -199,6 +269,9 @@ impl<'s, 'n> Loop<'s, 'n> {
 
     fn checkpoint(&self, dir: &Path, id: &str) -> Result<()> {
         let c = checkpoint::Checkpoint {
+            stage: self.stage.index,
+            first_step: self.first_step,
+            evals_before: self.evals_before,
             step: self.step,
             seconds: self.seconds(),
             x: self.x.clone(),
@@ -217,59 +290,68 @@ impl<'s, 'n> Loop<'s, 'n> {
         })
     }
 
-    fn finish(mut self, stop: Stop) -> Result<Trace> {
+    fn finish(mut self, stop: Stop) -> Result<(Trace, Carried)> {
         let seconds = self.seconds();
-        if self.rows.last().is_none_or(|r| r.iteration < self.step) {
+        let (evals, side) = (self.evals(), self.stage.side);
+        if self.rows.last().is_none_or(|r| r.scale != side || r.iteration < self.step) {
             // The final iterate was not evaluated (Adam evaluates before it updates): one more.
             let terms = self.setup.objective.terms(&self.x)?;
-            self.rows.push(LossRow { iteration: self.step, evals: self.opt.evals(), seconds, terms });
+            self.rows.push(LossRow { iteration: self.step, scale: side, evals, seconds, terms });
         }
-        let evals = self.opt.evals();
         let x = self.output()?;
         let output_terms = match (&self.average, self.rows.last()) {
             (None, Some(last)) => last.terms.clone(),
             _ => self.setup.objective.terms(&x)?,
         };
-        Ok(Trace { stop, rows: self.rows, iterations: self.step, evals, seconds, x, output_terms })
+        let carried = Carried { rows: Vec::new(), step: self.step, evals, seconds, state: Some(self.opt.state()) };
+        let trace = Trace { stop, rows: self.rows, iterations: self.step, evals, seconds, x, output_terms };
+        Ok((trace, carried))
     }
 }
 
-/// Runs the optimizer from `setup.x0` (or from the run's checkpoint in `dir`) for the run's
-/// iterations (or evaluations), saving snapshots and checkpoints into `dir`; when `interrupt`
-/// is set, saves a checkpoint and stops with [`Error::Interrupted`].
+/// Runs stage `stage` of the optimizer from `setup.x0` after the previous stages (`carried`),
+/// or from `resume` (the run's checkpoint, when taken at this stage), for the stage's
+/// iterations (or the run's evaluations), saving snapshots and checkpoints into `dir`; when
+/// `interrupt` is set, saves a checkpoint and stops with [`Error::Interrupted`]. Returns the
+/// trace of all stages so far and what the next stage continues from (its `rows` empty: they
+/// are in the trace).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn optimise(
     setup: &Setup,
     p: &RunParams,
+    stage: Stage,
+    (carried, resume): (Carried, Option<checkpoint::Checkpoint>),
     dir: &Path,
     id: &str,
     interrupt: &AtomicBool,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Trace> {
-    let mut lp = Loop::start(setup, p, dir, id)?;
-    let (iterations, save_every) = (p.optimizer.iterations.get(), p.output.save_every.get());
+) -> Result<(Trace, Carried)> {
+    let mut lp = Loop::start(setup, p, stage, carried, resume)?;
+    let end = lp.first_step + stage.iterations;
+    let save_every = p.output.save_every.get();
     let interval = p.output.checkpoint_interval.0;
     let mut last_checkpoint = Instant::now();
     let stop = loop {
-        if lp.step >= iterations {
+        if lp.step >= end {
             break Stop::Completed;
         }
         if interrupt.load(Ordering::SeqCst) {
             lp.checkpoint(dir, id)?;
             return Err(Error::Interrupted);
         }
-        if p.optimizer.max_evals.is_some_and(|m| lp.opt.evals() >= m.get()) {
+        if p.optimizer.max_evals.is_some_and(|m| lp.evals() >= m.get()) {
             break Stop::MaxEvals;
         }
         let report = lp.advance()?;
         let step = lp.step;
-        progress(Progress::Step { iteration: step, evals: lp.opt.evals(), total: report.value, seconds: lp.seconds() });
-        if save_every > 0 && step % save_every == 0 && step < iterations {
+        progress(Progress::Step { iteration: step, evals: lp.evals(), total: report.value, seconds: lp.seconds() });
+        if save_every > 0 && step % save_every == 0 && step < end {
             save_png(&setup.image(&lp.output()?)?, &dir.join(format!("snapshot_{step:05}.png")))?;
         }
         if report.converged {
             break Stop::Converged;
         }
-        if interval > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= interval && step < iterations {
+        if interval > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= interval && step < end {
             lp.checkpoint(dir, id)?;
             last_checkpoint = Instant::now();
         }
@@ -295,14 +377,21 @@ pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: 
     if o.tv_weight.0 > 0.0 {
         series.push(Series { name: "tv".into(), points: weighted(&|t| o.tv_weight.0 * t.tv) });
     }
-    plot_log(&dir.join("loss.png"), &run.label, "iteration", &series, (640, 400))?;
+    // A dashed line where each stage after the first starts (the losses jump with the size).
+    let marks: Vec<(f64, String)> = trace
+        .rows
+        .windows(2)
+        .filter(|w| w[1].scale != w[0].scale)
+        .map(|w| (w[1].iteration as f64, format!("{} px", w[1].scale)))
+        .collect();
+    plot_log_marked(&dir.join("loss.png"), &run.label, "iteration", &series, &marks, (640, 400))?;
     Ok(image)
 }
 
 /// The column names of `losses.csv`.
 pub fn loss_columns(p: &RunParams) -> Vec<String> {
     let mut h: Vec<String> =
-        ["iteration", "evals", "seconds", "total", "content", "style", "tv"].map(String::from).to_vec();
+        ["iteration", "scale", "evals", "seconds", "total", "content", "style", "tv"].map(String::from).to_vec();
     h.extend(p.objective.content_layers.0.iter().map(|l| format!("content_{l}")));
     h.extend(p.objective.style_layers.layers().iter().map(|l| format!("style_{l}")));
     h
@@ -315,6 +404,7 @@ fn write_losses(path: &Path, p: &RunParams, rows: &[LossRow]) -> Result<()> {
             let t = &r.terms;
             let mut cells = vec![
                 r.iteration.to_string(),
+                r.scale.to_string(),
                 r.evals.to_string(),
                 format!("{:.3}", r.seconds),
                 e(t.total),

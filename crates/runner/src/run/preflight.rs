@@ -41,6 +41,19 @@ fn path_of(r: &PlannedRun, key: &str) -> String {
     r.given.get(key).map_or_else(|| format!("run `{}`: {key} (default)", r.name), |g| g.path.clone())
 }
 
+/// Why stage `s` is too small for the deepest layer of run `p` (which needs 2^(block − 1)
+/// pixels on each side, twice that after its block's pooling), or `None`.
+fn too_small(p: &crate::params::RunParams, s: &crate::params::Stage) -> Option<String> {
+    let deepest = memory::deepest(p)?;
+    let need = 1u32 << (deepest.conv().block() - 1 + usize::from(matches!(deepest, vgg::Layer::Pool(_))));
+    (s.width.min(s.height) < need).then(|| {
+        format!(
+            "the stage at {} px is {}×{}: {deepest} needs at least {need} px on each side (start the scales later)",
+            s.side, s.width, s.height
+        )
+    })
+}
+
 /// What preflight learnt of a run.
 #[derive(Clone, Debug)]
 pub struct Checked {
@@ -73,14 +86,19 @@ pub fn preflight(session: &Session, exp: &Experiment, check_memory: bool) -> Res
         let size = c.as_ref().map(|c| (c.width, c.height));
         checked.extend(c);
         let p = &r.params;
+        // Every stage's size (the output's alone without `scales`); the plan refused schedules
+        // that do not expand.
+        let stages = size.and_then(|size| p.stages(size).ok()).unwrap_or_default();
+        if let Some(why) = stages.iter().find_map(|s| too_small(p, s)) {
+            diags.push(exp.diagnostic(&path_of(r, if p.geometry.scales.is_some() { "scales" } else { "size" }), why));
+        }
         let mut images: Vec<(&str, &str)> = Vec::new();
         for s in &p.inputs.style.0 {
             images.push(("style", s.image.0.as_str()));
             images.extend(s.mask.iter().chain(&s.style_mask).map(|m| ("style", m.0.as_str())));
-            if let Some(size) = size {
-                if let Err(e) = super::inputs::style_side(p, s.scale.0, size) {
-                    diags.push(exp.diagnostic(&path_of(r, "style_scale"), crate::error::chain(&e)));
-                }
+            let side = |st: &crate::params::Stage| super::inputs::style_side(p, s.scale.0, (st.width, st.height));
+            if let Some(e) = stages.iter().find_map(|st| side(st).err()) {
+                diags.push(exp.diagnostic(&path_of(r, "style_scale"), crate::error::chain(&e)));
             }
         }
         images.extend(p.inputs.content.0.as_ref().map(|c| ("content", c.0.as_str())));

@@ -26,7 +26,10 @@ pub(super) fn verdict(trace: &Trace, planned: usize, image: &RgbImage) -> Option
             100.0 * MAX_SATURATED
         ));
     }
-    if let (Some(first), Some(last)) = (trace.rows.first(), trace.rows.last()) {
+    // Losses at different sizes differ in scale: the last stage's rows are compared.
+    let last_scale = trace.rows.last().map(|r| r.scale);
+    let first = trace.rows.iter().find(|r| Some(r.scale) == last_scale);
+    if let (Some(first), Some(last)) = (first, trace.rows.last()) {
         if last.terms.total > first.terms.total {
             return Some(format!("diverged: the loss grew from {:.4e} to {:.4e}", first.terms.total, last.terms.total));
         }
@@ -51,6 +54,7 @@ mod tests {
             .enumerate()
             .map(|(i, t)| LossRow {
                 iteration: i,
+                scale: 64,
                 evals: i + 1,
                 seconds: 0.0,
                 terms: losses::Terms {

@@ -9,5 +9,6 @@ mod controls;
 mod fixture;
 mod optimizers;
 mod runner_e2e;
+mod scales;
 mod specs;
 mod weights;

@@ -52,18 +52,18 @@ fn a_tiny_experiment_writes_every_output_and_resumes() {
         image::open(d.join("loss.png")).unwrap();
         let mut csv = csv::Reader::from_path(d.join("losses.csv")).unwrap();
         let header: Vec<String> = csv.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(&header[..7], ["iteration", "evals", "seconds", "total", "content", "style", "tv"]);
+        assert_eq!(&header[..8], ["iteration", "scale", "evals", "seconds", "total", "content", "style", "tv"]);
         assert!(header.contains(&"content_relu4_2".to_string()) && header.contains(&"style_relu5_1".to_string()));
         let rows: Vec<csv::StringRecord> = csv.records().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 5, "iteration 0 and 4 steps");
-        let totals: Vec<f64> = rows.iter().map(|r| r[3].parse().unwrap()).collect();
+        let totals: Vec<f64> = rows.iter().map(|r| r[4].parse().unwrap()).collect();
         assert!(totals[4] < totals[0], "the loss decreases: {totals:?}");
         let record: toml::Table = std::fs::read_to_string(d.join("run.toml")).unwrap().parse().unwrap();
         assert_eq!(record["inputs"]["weights"]["sha256"].as_str().unwrap(), runner::assets::WEIGHTS.1);
         assert_eq!(record["result"]["iterations"].as_integer().unwrap(), 4);
         assert!(record["program"].as_str().unwrap().starts_with("gatys-rs runner"));
         let params = runner::params::RunParams::from_table(record["params"].as_table().unwrap()).unwrap();
-        assert_eq!(params.optimizer.iterations.get(), 4);
+        assert_eq!(params.optimizer.iterations.at(0), 4);
     }
     let mut summary = csv::Reader::from_path(exp.join("summary.csv")).unwrap();
     let h: Vec<String> = summary.headers().unwrap().iter().map(String::from).collect();
@@ -325,7 +325,7 @@ fn transfer_writes_the_image_and_its_run_files() {
     }
     let record: toml::Table = std::fs::read_to_string(run.join("run.toml")).unwrap().parse().unwrap();
     let p = runner::params::RunParams::from_table(record["params"].as_table().unwrap()).unwrap();
-    assert_eq!((p.objective.style_weight.0, p.optimizer.iterations.get()), (1e4, 3));
+    assert_eq!((p.objective.style_weight.0, p.optimizer.iterations.at(0)), (1e4, 3));
     assert_eq!(p.inputs.style.0.iter().map(|s| s.weight).collect::<Vec<_>>(), [3.0, 1.0]);
     assert_eq!(p.objective.style_layers.layers().len(), 2);
     assert!(!dir.path().join("out/summary.csv").exists(), "a one-off writes no experiment files");
@@ -559,7 +559,7 @@ fn an_interrupted_run_continues_from_its_checkpoint() {
                 .lines()
                 .map(|l| {
                     let cells: Vec<&str> = l.split(',').collect();
-                    [&cells[..2], &cells[3..]].concat().join(",")
+                    [&cells[..3], &cells[4..]].concat().join(",")
                 })
                 .collect()
         };

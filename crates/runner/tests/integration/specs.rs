@@ -115,6 +115,7 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
         weights = "my/vgg.safetensors"
         width = 320
         height = 200
+        scales = { start = 100, factor = 1.5 }
         init = "photos/start.png"
         seed = 7
         noise_std = 12.5
@@ -129,7 +130,7 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
         preserve_colors = "histogram"
         style_scale = 1.5
         optimizer = "lbfgs"
-        iterations = 42
+        iterations = { first = 42, rest = 10 }
         max_evals = 50
         learning_rate = 0.5
         history = 7
@@ -145,8 +146,8 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
     let set: Vec<&str> = t.keys().map(String::as_str).collect();
     for param in PARAMS {
         // Only style_layer_weights is unset here (the weights are inline); size gives way to
-        // width/height; the optimizer stays L-BFGS so that its keys apply (Adam below).
-        if !["style_layer_weights", "size", "optimizer"].contains(&param.key) {
+        // width/height; the optimizer stays L-BFGS so that its keys apply (Adam's below).
+        if !["style_layer_weights", "size", "optimizer", "carry_moments"].contains(&param.key) {
             assert!(set.contains(&param.key), "{} is missing from the record", param.key);
             assert_ne!((param.get)(&p), (param.default)(), "{} should differ from its default in this test", param.key);
         }
@@ -166,6 +167,15 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
     assert_eq!(q.optimizer.learning_rate.map(|r| r.0), Some(10.0), "Adam's default step is resolved");
     assert_eq!(RunParams::from_table(&q.to_table()).unwrap(), q);
     assert!(!q.to_table().contains_key("history"), "L-BFGS keys are left out of an Adam run's record");
+    assert!(!q.to_table().contains_key("carry_moments"), "carry_moments needs scales");
+    let a = plan("name = \"x\"\n[defaults]\noptimizer = \"adam\"\nsize = 256\nscales = [64, 128]\niterations = [9, 8, 7]\ncarry_moments = false\n")
+        .runs[0]
+        .params
+        .clone();
+    assert_eq!(a.to_table()["carry_moments"], toml::Value::Boolean(false));
+    assert_eq!(RunParams::from_table(&a.to_table()).unwrap(), a);
+    let stages: Vec<(u32, usize)> = a.stages((256, 192)).unwrap().iter().map(|s| (s.side, s.iterations)).collect();
+    assert_eq!(stages, [(64, 9), (128, 8), (256, 7)]);
 }
 
 #[test]
@@ -292,6 +302,18 @@ fn meaningless_combinations_are_refused_with_the_reason() {
     let m =
         err("name = \"x\"\n[defaults]\nstyle_layers = [{layer=\"relu1_1\", weight=2}]\nstyle_layer_weights = [1]\n");
     assert!(m.contains("given twice"), "{m}");
+    // Coarse-to-fine schedules: per-stage counts must match the stages, the stages must end at
+    // the output, and Adam's moments are Adam's.
+    let m = err("name = \"x\"\n[defaults]\nsize = 512\nscales = [128, 256]\niterations = [100, 50]\n");
+    assert!(m.contains("2 iteration counts for 3 stages (128, 256, 512 px)") && m.contains("iterations"), "{m}");
+    let m = err("name = \"x\"\n[defaults]\nsize = 512\nscales = [128, 1024]\n");
+    assert!(m.contains("scales") && m.contains("above the output's long side 512"), "{m}");
+    let m = err("name = \"x\"\n[defaults]\nsize = 512\nscales = [256, 128]\n");
+    assert!(m.contains("scales") && m.contains("must increase"), "{m}");
+    let m = err("name = \"x\"\n[defaults]\nscales = [128]\ncarry_moments = false\n");
+    assert!(m.contains("applies to Adam with `scales` only"), "{m}");
+    let m = err("name = \"x\"\n[defaults]\nscales = { start = 64 }\n");
+    assert!(m.contains("defaults.scales") && m.contains("missing `factor`"), "{m}");
 }
 
 #[test]
