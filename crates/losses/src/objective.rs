@@ -270,8 +270,8 @@ impl<'a> Objective<'a> {
     /// The value and the gradient at `x`, `(1, 3, H, W)`, preprocessed.
     pub fn evaluate(&self, x: &Tensor) -> Result<Evaluation> {
         let (features, tape) = self.vgg.forward_tape(x, &self.layers)?;
-        let (values, grads) = self.losses(&features, true)?;
-        let mut grad = if grads.is_empty() { x.zeros_like()? } else { self.vgg.backward(&tape, &grads)? };
+        let (values, grads) = self.losses(features, true)?;
+        let mut grad = if grads.is_empty() { x.zeros_like()? } else { self.vgg.backward(&tape, grads)? };
         let mut values = values;
         if self.config.tv_weight != 0.0 {
             let (v, g) = tv_loss(x)?;
@@ -284,7 +284,7 @@ impl<'a> Objective<'a> {
     /// The value terms at `x`, without the gradient.
     pub fn terms(&self, x: &Tensor) -> Result<Terms> {
         let features = self.vgg.features(x, &self.layers)?;
-        let (mut values, _) = self.losses(&features, false)?;
+        let (mut values, _) = self.losses(features, false)?;
         if self.config.tv_weight != 0.0 {
             values.push(tv_loss(x)?.0);
         }
@@ -292,8 +292,10 @@ impl<'a> Objective<'a> {
     }
 
     /// Per-layer values (content layers, then style layers) and, when `with_grad`, the
-    /// weighted gradient with respect to each layer's activation.
-    fn losses(&self, f: &Features, with_grad: bool) -> Result<(Vec<Tensor>, BTreeMap<Layer, Tensor>)> {
+    /// weighted gradient with respect to each layer's activation. Each activation of `f` is
+    /// dropped once its terms are taken, and the style layers go deepest first, so that the
+    /// largest activation (block 1's) meets few others: at 1024² each of its tensors is 256 MiB.
+    fn losses(&self, mut f: Features, with_grad: bool) -> Result<(Vec<Tensor>, BTreeMap<Layer, Tensor>)> {
         let c = &self.config;
         let mut values = Vec::new();
         let mut grads: BTreeMap<Layer, Tensor> = BTreeMap::new();
@@ -311,48 +313,70 @@ impl<'a> Objective<'a> {
             if with_grad && c.content_weight != 0.0 {
                 add(*l, (g * c.content_weight)?)?;
             }
+            if !c.style_layers.contains(l) {
+                f.remove(l);
+            }
         }
-        for (l, terms) in c.style_layers.iter().zip(self.style_terms(f)?) {
+        // The style terms' gradients come out times β (β = 0: no gradient is kept).
+        let beta = c.style_weight;
+        let terms = if c.style_loss == StyleLoss::Wasserstein {
+            self.style_terms_parallel(&f, beta)?
+        } else {
+            let mut terms = Vec::with_capacity(c.style_layers.len());
+            for (l, w) in c.style_layers.iter().zip(&self.layer_weights).rev() {
+                let feature = f.remove(l).ok_or_else(|| Error::Config(format!("no activation for {l}")))?;
+                terms.push((self.style_layer(&feature, *l, *w, beta)?, feature.dtype(), feature.device().clone()));
+            }
+            terms.reverse();
+            terms
+        };
+        for (l, (layer_terms, dtype, device)) in c.style_layers.iter().zip(terms) {
             let mut value: Option<Tensor> = None;
-            for (v, g) in terms.into_iter().flatten() {
+            for (v, g) in layer_terms.into_iter().flatten() {
                 value = Some(match value {
                     Some(prev) => (prev + v)?,
                     None => v,
                 });
-                if with_grad && c.style_weight != 0.0 {
-                    add(*l, (g * c.style_weight)?)?;
+                if with_grad && beta != 0.0 {
+                    add(*l, g)?;
                 }
             }
             values.push(match value {
                 Some(v) => v,
-                None => Tensor::zeros((), f[l].dtype(), f[l].device())?,
+                None => Tensor::zeros((), dtype, &device)?,
             });
         }
         Ok((values, grads))
     }
 
-    /// The style term of every style layer and region (`None`: the region is absent from the
-    /// layer), in the order of the layers and regions. The Wasserstein loss spends most of its
-    /// time in host eigendecompositions, one per layer and region: those run in parallel (the
-    /// order of the results, and so of the sums, does not depend on the scheduling).
-    #[allow(clippy::type_complexity)]
-    fn style_terms(&self, f: &Features) -> Result<Vec<Vec<Option<(Tensor, Tensor)>>>> {
+    /// The style term of layer `l` (activation `f`, layer weight `w`) in every region (`None`:
+    /// the region is absent from the layer), gradients times `grad_scale`.
+    fn style_layer(&self, f: &Tensor, l: Layer, w: f64, grad_scale: f64) -> Result<Vec<Option<(Tensor, Tensor)>>> {
         let c = &self.config;
-        let term = |(l, w): (&Layer, &f64)| -> Result<Vec<Option<(Tensor, Tensor)>>> {
-            let regions = &self.targets.regions;
-            regions
-                .iter()
-                .map(|r| style_term(&f[l], r.guides.get(l), &r.targets[l], c.style_loss, c.form, *w))
-                .collect()
-        };
-        let layers = c.style_layers.iter().zip(&self.layer_weights);
-        if c.style_loss == StyleLoss::Wasserstein {
-            use rayon::prelude::*;
-            let jobs: Vec<_> = layers.collect();
-            jobs.into_par_iter().map(term).collect()
-        } else {
-            layers.map(term).collect()
-        }
+        self.targets
+            .regions
+            .iter()
+            .map(|r| style_term(f, r.guides.get(&l), &r.targets[&l], c.style_loss, c.form, w, grad_scale))
+            .collect()
+    }
+
+    /// Every style layer's terms ([`Objective::style_layer`]), layers in parallel: the
+    /// Wasserstein loss spends most of its time in host eigendecompositions, one per layer and
+    /// region (the order of the results, and so of the sums, does not depend on the scheduling).
+    #[allow(clippy::type_complexity)]
+    fn style_terms_parallel(
+        &self,
+        f: &Features,
+        grad_scale: f64,
+    ) -> Result<Vec<(Vec<Option<(Tensor, Tensor)>>, DType, candle_core::Device)>> {
+        use rayon::prelude::*;
+        let jobs: Vec<_> = self.config.style_layers.iter().zip(&self.layer_weights).collect();
+        jobs.into_par_iter()
+            .map(|(l, w)| {
+                let feature = f.get(l).ok_or_else(|| Error::Config(format!("no activation for {l}")))?;
+                Ok((self.style_layer(feature, *l, *w, grad_scale)?, feature.dtype(), feature.device().clone()))
+            })
+            .collect()
     }
 
     /// Moves every scalar to the host at once and sums the terms.

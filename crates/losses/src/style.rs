@@ -218,7 +218,9 @@ fn from_host(v: &[f64], n: usize, device: &candle_core::Device) -> Result<Tensor
 }
 
 /// The style term of one layer for one region, times the layer weight `w`, and its gradient
-/// with respect to `f`.
+/// with respect to `f`, times `w · grad_scale` (the objective's style weight is applied to the
+/// small `(N, N)` factors before their product with the activation, so that no second
+/// activation-sized tensor is made to scale the gradient).
 ///
 /// `f` is the output's activation `(1, N, H, W)`, `guide` the region's guide `(1, 1, H, W)`
 /// (`None`: the whole image), `target` the region's target. Returns `None` when the region is
@@ -230,6 +232,7 @@ pub fn style_term(
     loss: StyleLoss,
     form: LossForm,
     w: f64,
+    grad_scale: f64,
 ) -> Result<Option<(Tensor, Tensor)>> {
     let (b, n, h, wd) = f.dims4()?;
     if b != 1 {
@@ -254,7 +257,7 @@ pub fn style_term(
             let c = lambda * w * form.style_factor_f64(n, mass);
             let d = ((&m.second - &t.second)? * mass)?;
             let value = (d.sqr()?.sum_all()? * c)?;
-            (value, (d.matmul(&weighted(&flat)?)? * (4.0 * c))?)
+            (value, (d * (4.0 * c * grad_scale))?.matmul(&weighted(&flat)?)?)
         }
         StyleLoss::MeanCov => {
             let k = lambda * w * form.style_factor_f64(n, positions) * positions * positions;
@@ -263,8 +266,8 @@ pub fn style_term(
             let d_cov = (m.covariance()? - cov_t)?;
             let value = ((d_mu.sqr()?.sum_all()? + d_cov.sqr()?.sum_all()?)? * k)?;
             let centred = flat.broadcast_sub(&m.mean.unsqueeze(1)?)?;
-            let grad = mean_grad(&d_mu, guide, h * wd, 2.0 * k / mass)?;
-            let grad = (grad + (d_cov.matmul(&weighted(&centred)?)? * (4.0 * k / mass))?)?;
+            let grad = mean_grad(&d_mu, guide, h * wd, 2.0 * k / mass * grad_scale)?;
+            let grad = (grad + (d_cov * (4.0 * k / mass * grad_scale))?.matmul(&weighted(&centred)?)?)?;
             (value, grad)
         }
         StyleLoss::Wasserstein => {
@@ -272,8 +275,8 @@ pub fn style_term(
             let k = lambda * w / n as f64;
             let d_mu = (&m.mean - &t.mean)?;
             let centred = flat.broadcast_sub(&m.mean.unsqueeze(1)?)?;
-            let grad = mean_grad(&d_mu, guide, h * wd, 2.0 * k / mass)?;
-            let grad = (grad + (e.matmul(&weighted(&centred)?)? * (2.0 * k / mass))?)?;
+            let grad = mean_grad(&d_mu, guide, h * wd, 2.0 * k / mass * grad_scale)?;
+            let grad = (grad + (e * (2.0 * k / mass * grad_scale))?.matmul(&weighted(&centred)?)?)?;
             ((value * k)?, grad)
         }
     };
@@ -368,7 +371,7 @@ mod tests {
                     for guide in [None, Some(&soft)] {
                         let worst = check(
                             &f,
-                            |x| style_term(x, guide, &t, loss, form, 0.7).unwrap().unwrap(),
+                            |x| style_term(x, guide, &t, loss, form, 0.7, 1.0).unwrap().unwrap(),
                             // Central differences in f64 (see `check`): measured worst in the
                             // closing note of issue 13.
                             1e-6,
@@ -389,11 +392,26 @@ mod tests {
         let t = StyleTarget::new(Moments::of(&s, None).unwrap().unwrap().0, StyleLoss::Gram).unwrap();
         for form in LossForm::ALL {
             let (v1, g1) = crate::style_loss(&f, &a, form, 0.7).unwrap();
-            let (v2, g2) = style_term(&f, None, &t, StyleLoss::Gram, form, 0.7).unwrap().unwrap();
+            let (v2, g2) = style_term(&f, None, &t, StyleLoss::Gram, form, 0.7, 1.0).unwrap().unwrap();
             let (v1, v2) = (v1.to_scalar::<f32>().unwrap(), v2.to_scalar::<f32>().unwrap());
             assert!((v1 - v2).abs() <= 1e-5 * v1.abs(), "{form}: {v1} vs {v2}");
             let dg = (g1 - g2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(dg < 1e-6, "{form}: {dg}");
+        }
+    }
+
+    #[test]
+    fn grad_scale_scales_the_gradient_and_not_the_value() {
+        let f = (random(&[1, 6, 4, 5], 11, -0.3) + 0.3).unwrap();
+        for loss in StyleLoss::ALL {
+            let t = target(6, None, loss);
+            let (v1, g1) = style_term(&f, None, &t, loss, LossForm::Seed, 0.7, 1.0).unwrap().unwrap();
+            let (v2, g2) = style_term(&f, None, &t, loss, LossForm::Seed, 0.7, 250.0).unwrap().unwrap();
+            assert_eq!(v1.to_scalar::<f32>().unwrap(), v2.to_scalar::<f32>().unwrap(), "{loss:?}");
+            let scaled = (g1 * 250.0).unwrap();
+            let e = (&scaled - &g2).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let m = scaled.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(m > 0.0 && e <= 1e-5 * m, "{loss:?}: {e} of {m}");
         }
     }
 
@@ -406,7 +424,7 @@ mod tests {
                 .unwrap();
         let right = (&ones - &left).unwrap();
         let value = |g: Option<&Tensor>, t: &StyleTarget, loss| {
-            style_term(&f, g, t, loss, LossForm::Seed, 1.0).unwrap().unwrap().0.to_scalar::<f32>().unwrap() as f64
+            style_term(&f, g, t, loss, LossForm::Seed, 1.0, 1.0).unwrap().unwrap().0.to_scalar::<f32>().unwrap() as f64
         };
         for loss in StyleLoss::ALL {
             let t = target(6, None, loss);
@@ -418,14 +436,14 @@ mod tests {
         // A region that vanished at this layer contributes nothing.
         let t = target(6, None, StyleLoss::Gram);
         let zero = ones.zeros_like().unwrap();
-        assert!(style_term(&f, Some(&zero), &t, StyleLoss::Gram, LossForm::Seed, 1.0).unwrap().is_none());
+        assert!(style_term(&f, Some(&zero), &t, StyleLoss::Gram, LossForm::Seed, 1.0, 1.0).unwrap().is_none());
     }
 
     #[test]
     fn wasserstein_of_a_distribution_to_itself_is_zero_and_names_round_trip() {
         let s = (random(&[1, 6, 4, 5], 7, -0.3) + 0.3).unwrap();
         let t = target(7, None, StyleLoss::Wasserstein);
-        let (v, _) = style_term(&s, None, &t, StyleLoss::Wasserstein, LossForm::Seed, 1.0).unwrap().unwrap();
+        let (v, _) = style_term(&s, None, &t, StyleLoss::Wasserstein, LossForm::Seed, 1.0, 1.0).unwrap().unwrap();
         let scale = Moments::of(&s, None).unwrap().unwrap().0.covariance().unwrap().abs().unwrap().max_all().unwrap();
         let (v, scale) = (v.to_scalar::<f32>().unwrap(), scale.to_scalar::<f32>().unwrap());
         assert!(v.abs() < 1e-5 * scale, "{v} vs scale {scale}");

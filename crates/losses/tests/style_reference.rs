@@ -32,7 +32,8 @@ fn errors(dtype: DType) -> Vec<(String, f64)> {
         for loss in StyleLoss::ALL {
             let target = StyleTarget::new(moments.clone(), loss).expect("target");
             for form in LossForm::ALL {
-                let (v, _) = style_term(&f, guide.as_ref(), &target, loss, form, 1.0).expect("term").expect("present");
+                let (v, _) =
+                    style_term(&f, guide.as_ref(), &target, loss, form, 1.0, 1.0).expect("term").expect("present");
                 let got = v.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
                 let want = case["expected"][form.name()][loss.name()].as_f64().expect("expected value");
                 out.push((format!("{} {loss} {form}", case["name"]), (got - want).abs() / want.abs()));

@@ -8,8 +8,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
+use crate::tape::BitMask;
 use crate::winograd::{self, Epilogue, Kernel, Variant};
 use crate::{Error, Result};
 
@@ -146,7 +147,7 @@ impl Conv3x3 {
                         self.cpu_bias.get_or_init(|| b).clone()
                     }
                 };
-                let op = WinogradOp { kernel: self.kernel(v, false)?, bias: Some(bias), relu };
+                let op = WinogradOp { kernel: self.kernel(v, false)?, bias: Some(bias), relu, mask: None };
                 Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             None => {
@@ -159,22 +160,31 @@ impl Conv3x3 {
     }
 
     /// Gradient with respect to the input `x` of `Σ grad_out ⊙ f(x)`, where `f` is this
-    /// convolution, followed by a ReLU when `relu_out` (that ReLU's output, `(N, C_out, H, W)`)
-    /// is given: `W' ⋆ (grad_out ⊙ [relu_out > 0])` with `W'` the transposed, flipped kernel.
+    /// convolution, followed by a ReLU when `relu` (where that ReLU's output was positive) is
+    /// given: `W' ⋆ (grad_out ⊙ [relu > 0])` with `W'` the transposed, flipped kernel.
     /// `grad_out` is `(N, C_out, H, W)`; the result `(N, C_in, H, W)`.
-    pub fn input_grad(&self, grad_out: &Tensor, relu_out: Option<&Tensor>) -> Result<Tensor> {
+    pub fn input_grad(&self, grad_out: &Tensor, relu: Option<&Rectified>) -> Result<Tensor> {
         match self.variant(grad_out) {
             Some(v) => {
-                let op = WinogradOp { kernel: self.kernel(v, true)?, bias: None, relu: false };
-                let g = grad_out.contiguous()?;
-                Ok(match relu_out {
-                    Some(r) => g.apply_op2_no_bwd(&r.contiguous()?, &op)?,
-                    None => g.apply_op1_no_bwd(&op)?,
-                })
+                let computed;
+                let mask = match relu {
+                    Some(Rectified::Mask(m)) => Some(m),
+                    Some(Rectified::Output(r)) => {
+                        computed = BitMask::positive(r)?;
+                        Some(&computed)
+                    }
+                    None => None,
+                };
+                if let Some(m) = mask.filter(|m| m.dims() != grad_out.dims()) {
+                    return Err(Error::Shape(format!("mask {:?} for a gradient {:?}", m.dims(), grad_out.dims())));
+                }
+                let op = WinogradOp { kernel: self.kernel(v, true)?, bias: None, relu: false, mask };
+                Ok(grad_out.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             None => {
-                let g = match relu_out {
-                    Some(r) => (grad_out * r.gt(0f32)?.to_dtype(DType::F32)?)?,
+                let g = match relu {
+                    Some(Rectified::Output(r)) => (grad_out * r.gt(0f32)?.to_dtype(DType::F32)?)?,
+                    Some(Rectified::Mask(m)) => (grad_out * m.to_tensor(grad_out.device())?)?,
                     None => grad_out.clone(),
                 };
                 let wt = match self.weight_grad_input.get() {
@@ -187,6 +197,25 @@ impl Conv3x3 {
                 let _tf32 = Tf32::enable(g.device());
                 Ok(g.conv2d_with_algo(&wt, 1, 1, 1, 1, cudnn_algorithm())?)
             }
+        }
+    }
+}
+
+/// What the backward pass knows of a ReLU: its output (on a GPU, where it is kept as computed)
+/// or, on the CPU, only where it was positive.
+pub enum Rectified {
+    /// The ReLU's output, `(N, C, H, W)`.
+    Output(Tensor),
+    /// Where the ReLU's output was positive.
+    Mask(BitMask),
+}
+
+impl Rectified {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Rectified::Output(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Rectified::Mask(m) => m.bytes(),
         }
     }
 }
@@ -253,11 +282,12 @@ impl Drop for Tf32 {
 }
 
 /// The CPU Winograd convolution as a candle op on `(N, C, H, W)` `f32` tensors; the optional
-/// second operand is the backward ReLU mask source.
-struct WinogradOp {
+/// mask (one bit per input value) zeroes inputs first.
+struct WinogradOp<'m> {
     kernel: Arc<Kernel>,
     bias: Option<Arc<Vec<f32>>>,
     relu: bool,
+    mask: Option<&'m BitMask>,
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -268,8 +298,8 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
-impl WinogradOp {
-    fn run(&self, x: &[f32], lx: &Layout, mask: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+impl WinogradOp<'_> {
+    fn run(&self, x: &[f32], lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = lx.shape().dims4()?;
         if c != self.kernel_in() {
             candle_core::bail!("winograd conv: input has {c} channels, the kernel expects {}", self.kernel_in())
@@ -279,7 +309,7 @@ impl WinogradOp {
         let epi = Epilogue { bias: self.bias.as_deref().map(|b| b.as_slice()), relu: self.relu };
         for b in 0..n {
             let xs = &x[b * c * h * w..(b + 1) * c * h * w];
-            let ms = mask.map(|m| &m[b * c * h * w..(b + 1) * c * h * w]);
+            let ms = self.mask.map(|m| m.bits().at(b * c * h * w));
             let os = &mut out[b * k * h * w..(b + 1) * k * h * w];
             winograd::conv(&self.kernel, xs, ms, h, w, epi, os);
         }
@@ -299,31 +329,12 @@ impl WinogradOp {
     }
 }
 
-impl CustomOp1 for WinogradOp {
+impl CustomOp1 for WinogradOp<'_> {
     fn name(&self) -> &'static str {
         "winograd-conv3x3"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.run(f32_slice(s, l, "input")?, l, None)
-    }
-}
-
-impl CustomOp2 for WinogradOp {
-    fn name(&self) -> &'static str {
-        "winograd-conv3x3-masked"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("winograd conv: mask {:?} differs from input {:?}", l2.shape(), l1.shape())
-        }
-        self.run(f32_slice(s1, l1, "input")?, l1, Some(f32_slice(s2, l2, "mask")?))
+        self.run(f32_slice(s, l, "input")?, l)
     }
 }

@@ -18,10 +18,11 @@ pub mod layer;
 mod legacy;
 mod model;
 mod pickle_guard;
+pub mod tape;
 pub mod weights;
 mod winograd;
 
-pub use conv::{tf32_enabled, Conv3x3, ConvAlgorithm};
+pub use conv::{tf32_enabled, Conv3x3, ConvAlgorithm, Rectified};
 pub use error::{Error, Result};
 pub use imageio::{Preprocessing, Resize};
 pub use layer::{ConvId, Layer};

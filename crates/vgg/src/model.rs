@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
 
-use crate::conv::{Conv3x3, ConvAlgorithm};
+use crate::conv::{Conv3x3, ConvAlgorithm, Rectified};
 use crate::imageio::Preprocessing;
 use crate::layer::{ConvId, Layer};
+use crate::tape::{self, BitMask, PoolArgmax};
 use crate::weights::VggWeights;
 use crate::{Error, Result};
 
@@ -51,13 +52,36 @@ impl std::str::FromStr for Pooling {
 /// Activations by layer, each `(N, C, H, W)`.
 pub type Features = BTreeMap<Layer, Tensor>;
 
-/// What the backward pass needs from a forward pass: every ReLU output and pooling output up to
-/// the deepest layer requested.
+/// What the backward pass needs from a forward pass, per layer up to the deepest requested. On
+/// the CPU only where each ReLU's output was positive (1 bit per value) and each max pooling's
+/// argmax (2 bits per output) ([`crate::tape`]); on other devices every ReLU and pooling output.
 pub struct Tape {
-    relu: Vec<Tensor>,
-    pool: Vec<Tensor>,
+    relu: Vec<Rectified>,
+    pool: Vec<Pooled>,
     input_dims: Vec<usize>,
     device: candle_core::Device,
+}
+
+/// What the backward pass knows of a pooling.
+enum Pooled {
+    /// Its output (its input is the ReLU output before it): other devices.
+    Output(Tensor),
+    /// Its argmax: max pooling on the CPU.
+    Argmax(PoolArgmax),
+    /// Its input's shape: average pooling on the CPU needs nothing else.
+    Average([usize; 4]),
+}
+
+impl Tape {
+    /// Bytes of the masks, argmaxes and activations it holds.
+    pub fn bytes(&self) -> usize {
+        let pool = |p: &Pooled| match p {
+            Pooled::Output(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Pooled::Argmax(a) => a.bytes(),
+            Pooled::Average(_) => 0,
+        };
+        self.relu.iter().map(Rectified::bytes).sum::<usize>() + self.pool.iter().map(pool).sum::<usize>()
+    }
 }
 
 /// VGG19 up to `conv5_4`, with named-layer extraction and the input gradient.
@@ -128,6 +152,8 @@ impl Vgg19 {
             )));
         }
         let mut t = Tape { relu: vec![], pool: vec![], input_dims: x.dims().to_vec(), device: x.device().clone() };
+        // On the CPU the tape keeps bits, not activations.
+        let compact = x.device().is_cpu();
         let mut cur = x.to_dtype(DType::F32)?;
         for c in ConvId::all() {
             let conv = self.conv(c);
@@ -142,20 +168,24 @@ impl Vgg19 {
                 out.insert(Layer::Relu(c), r.clone());
             }
             if tape {
-                t.relu.push(r.clone());
+                t.relu.push(if compact {
+                    Rectified::Mask(BitMask::positive(&r)?)
+                } else {
+                    Rectified::Output(r.clone())
+                });
             }
             if deepest <= Layer::Relu(c) {
                 break;
             }
             cur = r;
             if c.ends_block() {
-                let p = self.pool(&cur)?;
+                let (p, saved) = self.pool(&cur, tape && compact)?;
                 let pl = Layer::Pool(c.block() as u8);
                 if layers.contains(&pl) {
                     out.insert(pl, p.clone());
                 }
                 if tape {
-                    t.pool.push(p.clone());
+                    t.pool.push(saved.unwrap_or_else(|| Pooled::Output(p.clone())));
                 }
                 if deepest <= pl {
                     break;
@@ -166,10 +196,19 @@ impl Vgg19 {
         Ok((out, tape.then_some(t)))
     }
 
-    fn pool(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self.pooling {
-            Pooling::Max => x.max_pool2d(2)?,
-            Pooling::Avg => x.avg_pool2d(2)?,
+    /// The pooling of `x`, and with `compact` what its backward pass needs on the CPU.
+    fn pool(&self, x: &Tensor, compact: bool) -> Result<(Tensor, Option<Pooled>)> {
+        Ok(match (self.pooling, compact) {
+            (Pooling::Max, true) => {
+                let (p, a) = tape::max_pool_argmax(x)?;
+                (p, Some(Pooled::Argmax(a)))
+            }
+            (Pooling::Max, false) => (x.max_pool2d(2)?, None),
+            (Pooling::Avg, true) => {
+                let (n, c, h, w) = x.dims4()?;
+                (x.avg_pool2d(2)?, Some(Pooled::Average([n, c, h, w])))
+            }
+            (Pooling::Avg, false) => (x.avg_pool2d(2)?, None),
         })
     }
 
@@ -177,7 +216,7 @@ impl Vgg19 {
     /// `Σ_l ⟨grads[l], features[l]⟩`: each `grads[l]` is the derivative of a loss with respect to
     /// the activation of layer `l` (same shape). Returns `(N, 3, H, W)`. Only the image gradient
     /// is computed (the weights are frozen).
-    pub fn backward(&self, tape: &Tape, grads: &BTreeMap<Layer, Tensor>) -> Result<Tensor> {
+    pub fn backward(&self, tape: &Tape, grads: BTreeMap<Layer, Tensor>) -> Result<Tensor> {
         let Some(deepest) = grads.keys().max().copied() else {
             return Ok(Tensor::zeros(tape.input_dims.as_slice(), DType::F32, &tape.device)?);
         };
@@ -185,10 +224,12 @@ impl Vgg19 {
         if tape.relu.len() <= last.ordinal() {
             return Err(Error::Shape(format!("the forward pass did not reach {deepest}")));
         }
-        let add = |g: Option<Tensor>, l: Layer| -> Result<Option<Tensor>> {
-            Ok(match (g, grads.get(&l)) {
+        // Each layer's gradient is dropped once added: at block 1 only its own are alive.
+        let mut grads = grads;
+        let mut add = |g: Option<Tensor>, l: Layer| -> Result<Option<Tensor>> {
+            Ok(match (g, grads.remove(&l)) {
                 (Some(g), Some(d)) => Some((g + d)?),
-                (None, Some(d)) => Some(d.clone()),
+                (None, Some(d)) => Some(d),
                 (g, None) => g,
             })
         };
@@ -203,12 +244,13 @@ impl Vgg19 {
             }
             g = add(g, Layer::Relu(c))?;
             let conv = self.conv(c);
-            g = match (g, grads.get(&Layer::Conv(c))) {
+            g = match (g, add(None, Layer::Conv(c))?) {
                 (Some(g), None) => Some(conv.input_grad(&g, Some(r))?),
                 (g, Some(gc)) => {
-                    let gy = match g {
-                        Some(g) => ((g * r.gt(0f32)?.to_dtype(DType::F32)?)? + gc)?,
-                        None => gc.clone(),
+                    let gy = match (g, r) {
+                        (Some(g), Rectified::Mask(m)) => m.masked_add(&g, &gc)?,
+                        (Some(g), Rectified::Output(r)) => ((g * r.gt(0f32)?.to_dtype(DType::F32)?)? + gc)?,
+                        (None, _) => gc,
                     };
                     Some(conv.input_grad(&gy, None)?)
                 }
@@ -222,11 +264,20 @@ impl Vgg19 {
     }
 
     /// Gradient through a 2×2, stride-2 pooling from `grad` (`(N, C, H/2, W/2)`) at its output
-    /// to its input `input` (`(N, C, H, W)`; odd rows and columns are dropped by the pooling
-    /// and get zero). Max pooling routes the gradient to the positions equal to the window's
-    /// maximum (to all of them on exact ties, which only happen between ReLU zeros, whose
-    /// gradient the next ReLU mask clears).
-    fn pool_backward(&self, grad: &Tensor, input: &Tensor, output: &Tensor) -> Result<Tensor> {
+    /// to its input (`(N, C, H, W)`, the output of ReLU `input`; odd rows and columns are
+    /// dropped by the pooling and get zero). Max pooling routes the gradient to the window's
+    /// maximum: on the CPU the first in reading order, as PyTorch; on other devices to every
+    /// position equal to it (exact ties only happen between ReLU zeros, whose gradient the
+    /// next ReLU mask clears).
+    fn pool_backward(&self, grad: &Tensor, input: &Rectified, saved: &Pooled) -> Result<Tensor> {
+        let (input, output) = match (saved, input) {
+            (Pooled::Argmax(a), _) => return tape::max_pool_backward(grad, a),
+            (Pooled::Average(dims), _) => return tape::avg_pool_backward(grad, *dims),
+            (Pooled::Output(p), Rectified::Output(r)) => (r, p),
+            (Pooled::Output(_), Rectified::Mask(_)) => {
+                return Err(Error::Shape("a pooling output kept with a ReLU mask: tapes are per device".into()))
+            }
+        };
         let (_, _, h, w) = input.dims4()?;
         let (hp, wp) = (h / 2, w / 2);
         let up_g = grad.upsample_nearest2d(2 * hp, 2 * wp)?;

@@ -17,6 +17,8 @@
 
 use rayon::prelude::*;
 
+use crate::tape::Bits;
+
 /// The constant matrices of one Winograd variant: `bt` (a×a), `g` (a×3), `at` (m×a).
 pub(crate) struct Tables<const M: usize, const A: usize> {
     bt: [[f32; A]; A],
@@ -189,13 +191,14 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-/// `out (K, H, W) = conv3x3(x (C, H, W) ⊙ [mask > 0], kernel)` followed by the epilogue, for one
-/// image, with the variant the kernel was transformed for. `mask`, when given, has the shape of
-/// `x`; it zeroes the inputs where `mask ≤ 0` (the ReLU derivative of the backward pass, fused).
+/// `out (K, H, W) = conv3x3(x (C, H, W) ⊙ mask, kernel)` followed by the epilogue, for one
+/// image, with the variant the kernel was transformed for. `mask`, when given, holds one bit per
+/// value of `x`; it zeroes the inputs whose bit is 0 (the ReLU derivative of the backward pass,
+/// fused).
 pub(crate) fn conv(
     kernel: &Kernel,
     x: &[f32],
-    mask: Option<&[f32]>,
+    mask: Option<Bits<'_>>,
     h: usize,
     w: usize,
     epi: Epilogue<'_>,
@@ -211,7 +214,7 @@ pub(crate) fn conv(
 fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     kernel: &Kernel,
     x: &[f32],
-    mask: Option<&[f32]>,
+    mask: Option<Bits<'_>>,
     h: usize,
     w: usize,
     epi: Epilogue<'_>,
@@ -220,9 +223,6 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     let (k_out, c_in) = (kernel.k, kernel.c);
     assert_eq!(x.len(), c_in * h * w, "input size");
     assert_eq!(out.len(), k_out * h * w, "output size");
-    if let Some(m) = mask {
-        assert_eq!(m.len(), x.len(), "mask size");
-    }
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     // Tile rows per block: keep the block's transformed input and output near 4 MiB.
     let per_tile = (c_in + k_out) * A * A * 4;
@@ -239,7 +239,7 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
             || vec![0f32; input_scratch::<M, A>(tw)],
             |scratch, (c, vc)| {
                 let xc = &x[c * h * w..(c + 1) * h * w];
-                let mc = mask.map(|m| &m[c * h * w..(c + 1) * h * w]);
+                let mc = mask.map(|m| m.at(c * h * w));
                 for ty in ty0..ty1 {
                     input_row::<M, A, S>(xc, mc, h, w, ty, tw, scratch, vc, (ty - ty0) * tw, tb);
                 }
@@ -322,7 +322,7 @@ fn has_avx2() -> bool {
 }
 
 with_simd!(input_row, input_row_impl, (
-    xc: &[f32], mc: Option<&[f32]>, h: usize, w: usize, ty: usize, tw: usize,
+    xc: &[f32], mc: Option<Bits<'_>>, h: usize, w: usize, ty: usize, tw: usize,
     scratch: &mut [f32], vc: &mut [f32], t0: usize, tb: usize
 ));
 with_simd!(output_row, output_row_impl, (
@@ -350,7 +350,7 @@ fn output_scratch<const M: usize, const A: usize>(tw: usize) -> usize {
 #[inline(always)]
 fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     xc: &[f32],
-    mc: Option<&[f32]>,
+    mc: Option<Bits<'_>>,
     h: usize,
     w: usize,
     ty: usize,
@@ -378,9 +378,9 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
         match mc {
             None => dst[1..=w].copy_from_slice(src),
             Some(mc) => {
-                let m = &mc[y * w..(y + 1) * w];
-                for ((d, &v), &g) in dst[1..=w].iter_mut().zip(src).zip(m) {
-                    *d = if g > 0.0 { v } else { 0.0 };
+                let m = mc.at(y * w);
+                for (x, (d, &v)) in dst[1..=w].iter_mut().zip(src).enumerate() {
+                    *d = if m.get(x) { v } else { 0.0 };
                 }
             }
         }
@@ -556,7 +556,11 @@ pub(crate) mod tests {
             let kern = transform_kernel(variant, &wt, k, c, false);
             let mut out = vec![0f32; k * h * w];
             let epi = Epilogue { bias: Some(&bias), relu: true };
-            conv(&kern, &x, Some(&m), h, w, epi, &mut out);
+            let mask = crate::tape::BitMask::positive(
+                &candle_core::Tensor::from_vec(m.clone(), (1, c, h, w), &candle_core::Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            conv(&kern, &x, Some(mask.bits()), h, w, epi, &mut out);
             let xm: Vec<f32> = x.iter().zip(&m).map(|(a, g)| if *g > 0.0 { *a } else { 0.0 }).collect();
             let want: Vec<f64> = naive(&xm, &wt, c, k, h, w)
                 .iter()

@@ -4,9 +4,11 @@
 //!
 //! The model (measured on the CPU path, `docs/performance.md`): a fixed part, the weights and
 //! their Winograd-domain kernels (forward and backward, 36/9 of the 3×3 kernel each) for the
-//! convolutions the run uses, and per output pixel 2.4× the activations the backward pass
-//! keeps (every ReLU and pooling output up to the deepest layer) plus the image-sized vectors
-//! of the optimizer (L-BFGS: two per stored pair; Adam: two moments).
+//! convolutions the run uses; and per output pixel what an evaluation keeps — one bit per ReLU
+//! output for the backward pass, the activations of the loss layers and their gradients
+//! (1.43× the loss layers' activations, fitted), or at least a convolution's input and output
+//! at the widest layer — plus the image-sized vectors of the optimizer (L-BFGS: two per stored
+//! pair; Adam: two moments).
 
 use vgg::{ConvId, Layer};
 
@@ -18,9 +20,10 @@ const FIXED_MIB: f64 = 97.0;
 /// Bytes of memory per byte of used convolution weights: the weights' Winograd-domain kernels,
 /// forward and backward (4× each), and the rest (fitted: 8.7).
 const PER_WEIGHT_BYTE: f64 = 8.7;
-/// Bytes of memory per byte of kept activations: the tape, the gradients flowing back and the
-/// transforms' buffers (fitted: 2.4).
-const PER_TAPE_BYTE: f64 = 2.4;
+/// Bytes of memory per byte of the loss layers' activations: the activations, their gradients
+/// and the gradient flowing back through block 1, which meet at the backward pass's end
+/// (fitted at 1024² with the default layers: 1.43).
+const PER_LOSS_BYTE: f64 = 1.43;
 /// Bytes per output pixel independent of the layers: the image, its gradient, the optimizer's
 /// current vectors, the content image (fitted: 77).
 const PER_PIXEL: f64 = 77.0;
@@ -58,17 +61,25 @@ pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
 /// The estimate of one stage of `iterations` steps at `(width, height)`.
 fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize) -> MemoryEstimate {
     let px = f64::from(width) * f64::from(height);
-    let (mut weights, mut tape) = (0f64, 0f64);
+    // Per output pixel: bits of every ReLU, the loss layers' activations, the widest one.
+    let (mut weights, mut bits, mut loss, mut widest) = (0f64, 0f64, 0f64, 0f64);
+    let read: Vec<Layer> =
+        p.objective.content_layers.0.iter().copied().chain(p.objective.style_layers.layers()).collect();
     if let Some(last) = deepest(p) {
         for c in ConvId::all().take(last.conv().ordinal() + 1) {
             weights += (c.out_channels() * c.in_channels() * 9 * 4) as f64;
-            let scale = f64::from(1u32 << (2 * (c.block() - 1)));
-            tape += c.out_channels() as f64 * 4.0 / scale;
-            if c.ends_block() && Layer::Pool(c.block() as u8) <= last {
-                tape += c.out_channels() as f64 * 4.0 / (scale * 4.0);
+            let bytes = c.out_channels() as f64 * 4.0 / f64::from(1u32 << (2 * (c.block() - 1)));
+            bits += bytes / 32.0;
+            widest = widest.max(bytes);
+            if read.iter().any(|l| l.conv() == c && !matches!(l, Layer::Pool(_))) {
+                loss += bytes;
+            }
+            if c.ends_block() && read.contains(&Layer::Pool(c.block() as u8)) {
+                loss += bytes / 4.0;
             }
         }
     }
+    let tape = bits + (PER_LOSS_BYTE * loss).max(2.0 * widest);
     let iterations = iterations as f64;
     let vectors = match p.optimizer.optimizer {
         OptimizerKind::Lbfgs => 2.0 * (iterations - 1.0).clamp(0.0, p.optimizer.history.get() as f64),
@@ -77,7 +88,7 @@ fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize)
     let mib = |bytes: f64| bytes / f64::from(1u32 << 20);
     let optimizer_mib = mib(vectors * 3.0 * 4.0 * px);
     let fixed = FIXED_MIB + mib(PER_WEIGHT_BYTE * weights);
-    let optimisation = fixed + mib(px * (PER_TAPE_BYTE * tape + PER_PIXEL)) + optimizer_mib;
+    let optimisation = fixed + mib(px * (tape + PER_PIXEL)) + optimizer_mib;
     // Before the optimisation, the style targets: a forward pass without a tape over the largest
     // style image (a square of its long side, the most it can be), whose widest activations are
     // block 1's 64 channels, with input and output buffers of a convolution alive at once.

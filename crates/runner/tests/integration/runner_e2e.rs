@@ -389,7 +389,7 @@ fn suspect_results_are_flagged_not_ok() {
 }
 
 /// Issue 12: an allocation that aborts took the whole sweep down, with no summary. Each run now
-/// runs in its own process: under a 2 GB address-space limit the 1024 px run dies, is recorded
+/// runs in its own process: under a 2 GB address-space limit the 2048 px run dies, is recorded
 /// as failed with the reason, and the next run and the summary are still done.
 #[test]
 fn a_run_that_aborts_does_not_take_down_the_sweep() {
@@ -402,7 +402,7 @@ fn a_run_that_aborts_does_not_take_down_the_sweep() {
         iterations = 1
         [[run]]
         name = "big"
-        size = 1024
+        size = 2048
         [[run]]
         name = "small"
         size = 64

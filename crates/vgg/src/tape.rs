@@ -1,0 +1,253 @@
+//! What the backward pass keeps of a forward pass on the CPU, and the backward steps that read
+//! it. The weights are frozen, so the input gradient of a convolution needs only its kernel; a
+//! ReLU's needs only where its output was positive (1 bit per value: [`BitMask`]); a 2×2 max
+//! pooling's only which of its four inputs was the maximum (2 bits per output: [`PoolArgmax`]);
+//! an average pooling's nothing. No activation is kept except those the losses read, 32× less
+//! than keeping every ReLU's output in float32.
+//!
+//! All tensors here are `(N, C, H, W)`, float32, contiguous, on the CPU.
+
+use candle_core::{CpuStorage, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// Runs `f` on the values of `t`, a contiguous float32 CPU tensor, without copying them.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
+        _ => Err(Error::Shape(format!("expected a float32 CPU tensor, got {:?} on {:?}", t.dtype(), t.device()))),
+    }
+}
+
+/// Where a ReLU's output was positive, one bit per value, in the tensor's order.
+pub struct BitMask {
+    words: Vec<u64>,
+    dims: Vec<usize>,
+}
+
+/// A view of a [`BitMask`] from a value's index on.
+#[derive(Clone, Copy)]
+pub(crate) struct Bits<'a> {
+    words: &'a [u64],
+    offset: usize,
+}
+
+impl Bits<'_> {
+    /// Whether value `i` (from the view's start) was positive.
+    #[inline(always)]
+    pub(crate) fn get(&self, i: usize) -> bool {
+        let k = self.offset + i;
+        (self.words[k >> 6] >> (k & 63)) & 1 == 1
+    }
+
+    /// The view from value `i` on.
+    pub(crate) fn at(self, i: usize) -> Self {
+        Bits { words: self.words, offset: self.offset + i }
+    }
+}
+
+impl BitMask {
+    /// `[x > 0]` of `x`.
+    pub fn positive(x: &Tensor) -> Result<Self> {
+        let words = with_f32(x, |v| {
+            v.par_chunks(64 * 1024)
+                .flat_map_iter(|chunk| {
+                    chunk
+                        .chunks(64)
+                        .map(|c| c.iter().enumerate().fold(0u64, |w, (i, &x)| w | (u64::from(x > 0.0) << i)))
+                })
+                .collect::<Vec<u64>>()
+        })?;
+        Ok(Self { words, dims: x.dims().to_vec() })
+    }
+
+    /// The shape of the tensor it was made from.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+
+    pub(crate) fn bits(&self) -> Bits<'_> {
+        Bits { words: &self.words, offset: 0 }
+    }
+
+    /// The mask as a float32 tensor of 0 and 1 on `device` (for the paths that multiply).
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        let n: usize = self.dims.iter().product();
+        let b = self.bits();
+        let v: Vec<f32> = (0..n).map(|i| if b.get(i) { 1.0 } else { 0.0 }).collect();
+        Ok(Tensor::from_vec(v, self.dims.as_slice(), device)?)
+    }
+
+    /// `g ⊙ mask + add`: the gradient at a convolution's output when a loss reads the
+    /// convolution's output itself (`add`) and the layers after its ReLU send `g`.
+    pub fn masked_add(&self, g: &Tensor, add: &Tensor) -> Result<Tensor> {
+        if g.dims() != self.dims || add.dims() != self.dims {
+            return Err(Error::Shape(format!("mask {:?}, gradients {:?} and {:?}", self.dims, g.dims(), add.dims())));
+        }
+        let b = self.bits();
+        let out = with_f32(g, |g| {
+            with_f32(add, |a| {
+                g.iter().zip(a).enumerate().map(|(i, (&g, &a))| if b.get(i) { g + a } else { a }).collect::<Vec<f32>>()
+            })
+        })??;
+        Ok(Tensor::from_vec(out, self.dims.as_slice(), &Device::Cpu)?)
+    }
+}
+
+/// Which input of each 2×2 window was its maximum (the first in reading order on ties, as
+/// PyTorch's), 2 bits per output, four outputs per byte; and the pooling's input shape.
+pub struct PoolArgmax {
+    codes: Vec<u8>,
+    input: [usize; 4],
+}
+
+impl PoolArgmax {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.codes.len()
+    }
+}
+
+fn dims4(t: &Tensor) -> Result<[usize; 4]> {
+    let (n, c, h, w) = t.dims4()?;
+    Ok([n, c, h, w])
+}
+
+/// 2×2, stride-2 max pooling of `x` (odd last rows and columns dropped), `(N, C, H/2, W/2)`,
+/// and the argmax its backward pass needs.
+pub fn max_pool_argmax(x: &Tensor) -> Result<(Tensor, PoolArgmax)> {
+    let [n, c, h, w] = dims4(x)?;
+    let (hp, wp) = (h / 2, w / 2);
+    let planes = n * c;
+    let (pooled, codes) = with_f32(x, |v| {
+        let mut pooled = vec![0f32; planes * hp * wp];
+        let mut codes = vec![0u8; planes * hp * wp];
+        pooled.par_chunks_mut(hp * wp).zip(codes.par_chunks_mut(hp * wp)).enumerate().for_each(|(p, (out, code))| {
+            let src = &v[p * h * w..(p + 1) * h * w];
+            for i in 0..hp {
+                let (r0, r1) = (&src[2 * i * w..], &src[(2 * i + 1) * w..]);
+                for j in 0..wp {
+                    let cand = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+                    let mut best = 0;
+                    for k in 1..4 {
+                        if cand[k] > cand[best] {
+                            best = k;
+                        }
+                    }
+                    out[i * wp + j] = cand[best];
+                    code[i * wp + j] = best as u8;
+                }
+            }
+        });
+        (pooled, codes)
+    })?;
+    // Four 2-bit codes per byte.
+    let packed = codes.chunks(4).map(|q| q.iter().enumerate().fold(0u8, |b, (i, &c)| b | (c << (2 * i)))).collect();
+    Ok((Tensor::from_vec(pooled, (n, c, hp, wp), &Device::Cpu)?, PoolArgmax { codes: packed, input: [n, c, h, w] }))
+}
+
+/// The gradient at a max pooling's input from `grad` at its output: each output's gradient goes
+/// to its window's maximum, zero elsewhere (and on the dropped odd row and column).
+pub fn max_pool_backward(grad: &Tensor, a: &PoolArgmax) -> Result<Tensor> {
+    let [n, c, h, w] = a.input;
+    let (hp, wp) = (h / 2, w / 2);
+    if grad.dims() != [n, c, hp, wp] {
+        return Err(Error::Shape(format!("pooling gradient {:?} for an input of {:?}", grad.dims(), a.input)));
+    }
+    let out = with_f32(grad, |g| {
+        let mut out = vec![0f32; n * c * h * w];
+        out.par_chunks_mut(h * w).enumerate().for_each(|(p, dst)| {
+            let gs = &g[p * hp * wp..(p + 1) * hp * wp];
+            for i in 0..hp {
+                for j in 0..wp {
+                    let k = p * hp * wp + i * wp + j;
+                    let code = (a.codes[k >> 2] >> (2 * (k & 3))) & 3;
+                    let (di, dj) = (usize::from(code >> 1), usize::from(code & 1));
+                    dst[(2 * i + di) * w + 2 * j + dj] = gs[i * wp + j];
+                }
+            }
+        });
+        out
+    })?;
+    Ok(Tensor::from_vec(out, (n, c, h, w), &Device::Cpu)?)
+}
+
+/// The gradient at a 2×2 average pooling's input of `(N, C, H, W)` from `grad` at its output:
+/// a quarter of each output's gradient to each input of its window.
+pub fn avg_pool_backward(grad: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
+    let (hp, wp) = (h / 2, w / 2);
+    let out = with_f32(grad, |g| {
+        let mut out = vec![0f32; n * c * h * w];
+        out.par_chunks_mut(h * w).enumerate().for_each(|(p, dst)| {
+            for i in 0..2 * hp {
+                for j in 0..2 * wp {
+                    dst[i * w + j] = 0.25 * g[p * hp * wp + (i / 2) * wp + j / 2];
+                }
+            }
+        });
+        out
+    })?;
+    Ok(Tensor::from_vec(out, (n, c, h, w), &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: Vec<f32>, d: (usize, usize, usize, usize)) -> Tensor {
+        Tensor::from_vec(v, d, &Device::Cpu).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn masks_keep_one_bit_per_value_across_word_boundaries() {
+        // 2 × 3 × 7 × 5 = 210 values: not a multiple of 64.
+        let v: Vec<f32> = (0..210).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
+        let x = t(v.clone(), (2, 3, 7, 5));
+        let m = BitMask::positive(&x).unwrap();
+        assert_eq!(m.bytes(), 4 * 8);
+        let want: Vec<f32> = v.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 }).collect();
+        assert_eq!(values(&m.to_tensor(&Device::Cpu).unwrap()), want);
+        let g = t((0..210).map(|i| i as f32).collect(), (2, 3, 7, 5));
+        let add = t(vec![0.5; 210], (2, 3, 7, 5));
+        let s = values(&m.masked_add(&g, &add).unwrap());
+        for i in 0..210 {
+            assert_eq!(s[i], if v[i] > 0.0 { i as f32 + 0.5 } else { 0.5 });
+        }
+    }
+
+    #[test]
+    fn max_pooling_routes_each_gradient_to_its_first_maximum() {
+        // One 3×5 plane (odd sides: the last row and column are dropped), ties included.
+        #[rustfmt::skip]
+        let x = t(vec![
+            1., 4., 2., 2., 9.,
+            3., 0., 2., 2., 9.,
+            9., 9., 9., 9., 9.,
+        ], (1, 1, 3, 5));
+        let (p, a) = max_pool_argmax(&x).unwrap();
+        assert_eq!(values(&p), [4., 2.]);
+        assert_eq!(values(&candle_core::Tensor::max_pool2d(&x, 2).unwrap()), [4., 2.]);
+        let g = max_pool_backward(&t(vec![10., 20.], (1, 1, 1, 2)), &a).unwrap();
+        #[rustfmt::skip]
+        assert_eq!(values(&g), [
+            0., 10., 20., 0., 0.,
+            0., 0., 0., 0., 0.,
+            0., 0., 0., 0., 0.,
+        ]);
+        let ga = avg_pool_backward(&t(vec![4., 8.], (1, 1, 1, 2)), [1, 1, 3, 5]).unwrap();
+        assert_eq!(values(&ga)[..5], [1., 1., 2., 2., 0.]);
+        assert_eq!(values(&ga)[10..], [0.; 5]);
+    }
+}
