@@ -3,8 +3,8 @@
 #
 #   scripts/figures.sh DOC SIZE ITERATIONS [runner flags…]
 #
-# with DOC `ablations` or `controls` (their experiments are listed by
-# `runner report --doc DOC --experiments`). FEATURES=cudnn (or a `--device cuda…` flag) builds
+# with DOC `ablations`, `controls` or `highres` (their experiments are listed by
+# `runner report --doc DOC --experiments`); SIZE or ITERATIONS `-` keeps the specs' own. FEATURES=cudnn (or a `--device cuda…` flag) builds
 # with the GPU. Runs already complete are skipped, so an interrupted regeneration resumes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +17,11 @@ cargo build --release -p runner "${BUILD[@]}" || exit 2
 R=target/release/runner
 experiments=$("$R" report --doc "$DOC" --experiments) || exit 2
 status=0
+OVERRIDE=()
+if [ "$SIZE" != - ]; then OVERRIDE+=(--size "$SIZE"); fi
+if [ "$ITER" != - ]; then OVERRIDE+=(--iterations "$ITER"); fi
 for e in $experiments; do
-  "$R" "experiments/$e.toml" --size "$SIZE" --iterations "$ITER" "$@" || status=$?
+  "$R" "experiments/$e.toml" "${OVERRIDE[@]}" "$@" || status=$?
 done
 "$R" report --results results --docs docs --doc "$DOC" || status=$?
 exit $status

@@ -4,7 +4,9 @@
 //! The prose of document `DOC` lives in `docs/DOC.template.md`; this fills its placeholders from
 //! the results: `{{meta EXP}}` (size, iterations, runs, time), `{{grid EXP}}` (a contact sheet,
 //! written to `docs/DOC/EXP.png`), `{{curves EXP}}` (`docs/DOC/EXP_curves.png`), `{{table EXP}}`
-//! (final losses, iterations, evaluations, seconds) and `{{total}}` (the time of everything).
+//! (final losses, iterations, evaluations, seconds), `{{stages EXP}}` (each stage of each run:
+//! size, steps, evaluations, seconds), `{{crop EXP RUN}}` (a full-resolution crop of a run's
+//! output, `docs/DOC/EXP_RUN_crop.png`) and `{{total}}` (the time of everything).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,9 @@ pub const ABLATIONS: [&str; 6] = ["style_transfer", "content_recon", "style_reco
 
 /// The experiments of Gatys et al. 2017's controls, in the order of the report.
 pub const CONTROLS: [&str; 4] = ["style_loss", "colour", "scale", "spatial"];
+
+/// The high-resolution experiments, in the order of the report.
+pub const HIGHRES: [&str; 2] = ["multiscale", "highres"];
 
 /// A document made of experiments' figures.
 #[derive(Clone, Copy, Debug)]
@@ -29,10 +34,14 @@ pub struct Document {
 }
 
 /// Every document `runner report` builds.
-pub const DOCUMENTS: [Document; 2] = [
+pub const DOCUMENTS: [Document; 3] = [
     Document { name: "ablations", experiments: &ABLATIONS, script: "scripts/ablations.sh" },
     Document { name: "controls", experiments: &CONTROLS, script: "scripts/controls.sh" },
+    Document { name: "highres", experiments: &HIGHRES, script: "scripts/highres.sh" },
 ];
+
+/// The side of a committed full-resolution crop.
+const CROP: (u32, u32) = (448, 280);
 
 /// Long side of each image in the committed contact sheets, at most.
 const SHEET_CELL: u32 = 192;
@@ -133,6 +142,71 @@ fn table(rows: &[RunRow]) -> String {
     t
 }
 
+/// One stage of a run, from its `losses.csv`.
+struct StageRow {
+    side: u32,
+    steps: usize,
+    evals: usize,
+    seconds: f64,
+    total: f64,
+}
+
+/// The stages of the run in `run_dir`: its rows grouped by `scale`, each stage's counts taken
+/// from the end of the one before.
+fn read_stages(run_dir: &Path) -> Vec<StageRow> {
+    let Ok(mut r) = csv::Reader::from_path(run_dir.join("losses.csv")) else { return Vec::new() };
+    let Ok(headers) = r.headers().cloned() else { return Vec::new() };
+    let col = |k: &str| headers.iter().position(|h| h == k);
+    let (Some(it), Some(sc), Some(ev), Some(se), Some(to)) =
+        (col("iteration"), col("scale"), col("evals"), col("seconds"), col("total"))
+    else {
+        return Vec::new();
+    };
+    // (the stage with cumulative counts, its first iteration)
+    let mut stages: Vec<(StageRow, usize)> = Vec::new();
+    for rec in r.records().map_while(|x| x.ok()) {
+        let num = |i: usize| rec.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let (iteration, side) = (num(it) as usize, num(sc) as u32);
+        if stages.last().is_none_or(|(s, _)| s.side != side) {
+            stages.push((StageRow { side, steps: 0, evals: 0, seconds: 0.0, total: 0.0 }, iteration));
+        }
+        if let Some((s, first)) = stages.last_mut() {
+            (s.steps, s.evals, s.seconds, s.total) =
+                (iteration.saturating_sub(*first), num(ev) as usize, num(se), num(to));
+        }
+    }
+    // Cumulative counts to per-stage ones.
+    let mut out: Vec<StageRow> = Vec::new();
+    let (mut e0, mut s0) = (0usize, 0f64);
+    for (s, _) in stages {
+        out.push(StageRow { evals: s.evals.saturating_sub(e0), seconds: s.seconds - s0, ..s });
+        (e0, s0) = (s.evals, s.seconds);
+    }
+    out
+}
+
+fn stages_table(dir: &Path, rows: &[RunRow]) -> String {
+    let mut t =
+        String::from("| run | stage | steps | evaluations | seconds | total at its end |\n|---|---|---|---|---|---|\n");
+    for r in rows {
+        for s in read_stages(&dir.join(&r.name)) {
+            t += &format!(
+                "| {} | {} px | {} | {} | {:.0} | {:.4e} |\n",
+                r.label, s.side, s.steps, s.evals, s.seconds, s.total
+            );
+        }
+    }
+    t
+}
+
+/// Writes the centre `CROP` of run `run`'s output at full resolution into `fig`.
+fn write_crop(run_dir: &Path, fig: &Path) -> Result<()> {
+    let img = vgg::imageio::load_rgb(&run_dir.join("output.png"))?;
+    let (w, h) = (CROP.0.min(img.width()), CROP.1.min(img.height()));
+    let crop = image::imageops::crop_imm(&img, (img.width() - w) / 2, (img.height() - h) / 2, w, h).to_image();
+    crate::fsutil::write_atomic(fig, &encode_png(&crop, fig)?)
+}
+
 /// Builds `docs/DOC.md` and `docs/DOC/*.png` from `results/`.
 pub fn build(results: &Path, docs: &Path, doc: &Document) -> Result<()> {
     let template_path = docs.join(format!("{}.template.md", doc.name));
@@ -183,7 +257,20 @@ pub fn build(results: &Path, docs: &Path, doc: &Document) -> Result<()> {
             .replace(&format!("{{{{meta {exp}}}}}"), &meta)
             .replace(&format!("{{{{grid {exp}}}}}"), &format!("![{exp}: final images]({}/{exp}.png)", doc.name))
             .replace(&format!("{{{{curves {exp}}}}}"), &format!("![{exp}: loss curves]({}/{exp}_curves.png)", doc.name))
-            .replace(&format!("{{{{table {exp}}}}}"), &table(&rows));
+            .replace(&format!("{{{{table {exp}}}}}"), &table(&rows))
+            .replace(&format!("{{{{stages {exp}}}}}"), &stages_table(&results.join(exp), &rows));
+        for r in &rows {
+            let key = format!("{{{{crop {exp} {}}}}}", r.name);
+            if out.contains(&key) {
+                let name = format!("{exp}_{}_crop.png", r.name);
+                write_crop(&results.join(exp).join(&r.name), &fig_dir.join(&name))?;
+                let alt = format!(
+                    "![{exp} {}: a {}×{} px crop at full resolution]({}/{name})",
+                    r.label, CROP.0, CROP.1, doc.name
+                );
+                out = out.replace(&key, &alt);
+            }
+        }
     }
     if !missing.is_empty() {
         return Err(Error::Run(format!("missing results:\n  {}", missing.join("\n  "))));

@@ -276,7 +276,13 @@ fn optimise_stages<'n>(
     let (mut carried, mut start) = (optimise::Carried::default(), None);
     loop {
         let stage = stages[k];
+        let t = Instant::now();
         let setup = inputs::Setup::build(net, p, inputs, device, (stage.width, stage.height), start.take())?;
+        // Later stages' targets and start count in the run's seconds (the first stage's, as a
+        // single-scale run's, do not).
+        if k > 0 && carried.step > 0 {
+            carried.seconds += t.elapsed().as_secs_f64();
+        }
         let (trace, next) =
             optimise::optimise(&setup, p, stage, (carried, resume.take()), dir, id, &session.interrupt, progress)?;
         if stages.len() > 1 {
