@@ -6,6 +6,8 @@
 //!   read natively), safetensors, or a torchvision state dict.
 //! - [`Vgg19`]: features of any set of layers in one forward pass, and the gradient of a loss on
 //!   those features with respect to the image ([`Vgg19::forward_tape`], [`Vgg19::backward`]).
+//! - [`tape`]: what the backward pass keeps of a forward pass on the CPU: one bit per ReLU
+//!   output and two per max-pooling output, no activation.
 //! - [`imageio`]: loading, resizing and (de)preprocessing images.
 //!
 //! Tensors are `(N, C, H, W)`, `f32`.

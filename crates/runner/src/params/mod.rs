@@ -286,9 +286,10 @@ declare_params! {
             source "crowsonkb/style-transfer-pytorch (0.99)";
         /// Adam's moment estimates go on to the next stage of `scales`, resized to it (bilinear),
         /// instead of restarting from zero (Adam with `scales` only; L-BFGS always restarts its
-        /// history, whose pairs belong to the previous size).
-        carry_moments: bool = true,
-            source "crowsonkb/style-transfer-pytorch carries them; measured in docs/highres.md";
+        /// history, whose pairs belong to the previous size). Restarting ended 16% lower in
+        /// docs/highres.md's comparison.
+        carry_moments: bool = false,
+            source "measured (docs/highres.md); crowsonkb/style-transfer-pytorch carries them";
     }
 
     /// What is saved and where it runs.

@@ -246,10 +246,16 @@ pub fn build(results: &Path, docs: &Path, doc: &Document) -> Result<()> {
             (720, 420),
         )?;
         let (w, h) = rows[0].size;
+        let iterations = if rows.len() == 1 {
+            format!("{} iterations", rows[0].iterations)
+        } else if rows.iter().all(|r| r.iterations == rows[0].iterations) {
+            format!("{} iterations each", rows[0].iterations)
+        } else {
+            "iterations as in the table".to_string()
+        };
+        let runs = if rows.len() == 1 { "1 run".to_string() } else { format!("{} runs", rows.len()) };
         let meta = format!(
-            "{} runs at {w}×{h} px, {} iterations each, {} of optimisation in all on {}.",
-            rows.len(),
-            rows[0].iterations,
+            "{runs} at {w}×{h} px, {iterations}, {} of optimisation in all on {}.",
             minutes(seconds),
             rows[0].device
         );

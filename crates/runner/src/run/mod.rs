@@ -271,7 +271,7 @@ fn optimise_stages<'n>(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(inputs::Setup<'n>, optimise::Trace)> {
     let mut resume = checkpoint::load(dir, id, device)
-        .filter(|c| stages.get(c.stage).is_some_and(|s| c.x.dims()[2..] == [s.height as usize, s.width as usize]));
+        .filter(|c| stages.get(c.stage).is_some_and(|s| c.x.dims() == [1, 3, s.height as usize, s.width as usize]));
     let mut k = resume.as_ref().map_or(0, |c| c.stage);
     let (mut carried, mut start) = (optimise::Carried::default(), None);
     loop {

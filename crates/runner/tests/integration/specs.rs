@@ -168,11 +168,11 @@ fn resolved_parameters_round_trip_through_run_toml_for_every_key() {
     assert_eq!(RunParams::from_table(&q.to_table()).unwrap(), q);
     assert!(!q.to_table().contains_key("history"), "L-BFGS keys are left out of an Adam run's record");
     assert!(!q.to_table().contains_key("carry_moments"), "carry_moments needs scales");
-    let a = plan("name = \"x\"\n[defaults]\noptimizer = \"adam\"\nsize = 256\nscales = [64, 128]\niterations = [9, 8, 7]\ncarry_moments = false\n")
+    let a = plan("name = \"x\"\n[defaults]\noptimizer = \"adam\"\nsize = 256\nscales = [64, 128]\niterations = [9, 8, 7]\ncarry_moments = true\n")
         .runs[0]
         .params
         .clone();
-    assert_eq!(a.to_table()["carry_moments"], toml::Value::Boolean(false));
+    assert_eq!(a.to_table()["carry_moments"], toml::Value::Boolean(true));
     assert_eq!(RunParams::from_table(&a.to_table()).unwrap(), a);
     let stages: Vec<(u32, usize)> = a.stages((256, 192)).unwrap().iter().map(|s| (s.side, s.iterations)).collect();
     assert_eq!(stages, [(64, 9), (128, 8), (256, 7)]);
@@ -314,7 +314,7 @@ fn meaningless_combinations_are_refused_with_the_reason() {
     assert!(m.contains("scales") && m.contains("above the output's long side 512"), "{m}");
     let m = err("name = \"x\"\n[defaults]\nsize = 512\nscales = [256, 128]\n");
     assert!(m.contains("scales") && m.contains("must increase"), "{m}");
-    let m = err("name = \"x\"\n[defaults]\nscales = [128]\ncarry_moments = false\n");
+    let m = err("name = \"x\"\n[defaults]\nscales = [128]\ncarry_moments = true\n");
     assert!(m.contains("applies to Adam with `scales` only"), "{m}");
     let m = err("name = \"x\"\n[defaults]\nscales = { start = 64 }\n");
     assert!(m.contains("defaults.scales") && m.contains("missing `factor`"), "{m}");
