@@ -1,6 +1,7 @@
 //! `runner bench`: the time of one evaluation of the default objective (forward to `relu5_1`,
 //! backward to the image) on random images, as `../shared/bench/torch_reference.py bench`
-//! measures it, printed as one JSON line with the same keys.
+//! measures it, printed as one JSON line with the same keys (and the CPU's model and the
+//! instruction set of the Winograd transforms, `NST_CPU` to force one).
 
 use std::time::Instant;
 
@@ -33,6 +34,13 @@ pub struct BenchConfig {
 fn objective_layers(o: &Objective<'_>) -> Vec<Layer> {
     let c = o.config();
     c.content_layers.iter().chain(&c.style_layers).copied().collect()
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), or `null` where it cannot be read.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
 }
 
 /// Runs the benchmark and returns the JSON line.
@@ -91,6 +99,8 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
         "style_loss": c.style_loss.name(),
         "device": device_name(&device),
         "threads": rayon::current_num_threads(),
+        "cpu": cpu_model(),
+        "simd": vgg::simd().name(),
         "width": c.width,
         "height": c.height,
         "evals": c.evals,

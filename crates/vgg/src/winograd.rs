@@ -204,14 +204,28 @@ pub(crate) fn conv(
     epi: Epilogue<'_>,
     out: &mut [f32],
 ) {
+    conv_with(simd(), kernel, x, mask, (h, w), epi, out)
+}
+
+/// [`conv`] with the transforms on instruction set `level`, which the CPU must have.
+fn conv_with(
+    level: Simd,
+    kernel: &Kernel,
+    x: &[f32],
+    mask: Option<Bits<'_>>,
+    (h, w): (usize, usize),
+    epi: Epilogue<'_>,
+    out: &mut [f32],
+) {
     match kernel.variant {
-        Variant::F23 => dispatch::<2, 4, W23>(kernel, x, mask, h, w, epi, out),
-        Variant::F43 => dispatch::<4, 6, W43>(kernel, x, mask, h, w, epi, out),
+        Variant::F23 => dispatch::<2, 4, W23>(level, kernel, x, mask, h, w, epi, out),
+        Variant::F43 => dispatch::<4, 6, W43>(level, kernel, x, mask, h, w, epi, out),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
+    level: Simd,
     kernel: &Kernel,
     x: &[f32],
     mask: Option<Bits<'_>>,
@@ -241,7 +255,7 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
                 let xc = &x[c * h * w..(c + 1) * h * w];
                 let mc = mask.map(|m| m.at(c * h * w));
                 for ty in ty0..ty1 {
-                    input_row::<M, A, S>(xc, mc, h, w, ty, tw, scratch, vc, (ty - ty0) * tw, tb);
+                    input_row::<M, A, S>(level, xc, mc, h, w, ty, tw, scratch, vc, (ty - ty0) * tw, tb);
                 }
             },
         );
@@ -283,7 +297,7 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
             |scratch, (k, (yk, mk))| {
                 let b = epi.bias.map(|b| b[k]).unwrap_or(0.0);
                 for ty in ty0..ty1 {
-                    output_row::<M, A, S>(mk, (ty - ty0) * tw, tb, tw, ty, h, w, b, epi.relu, scratch, yk);
+                    output_row::<M, A, S>(level, mk, (ty - ty0) * tw, tb, tw, ty, h, w, b, epi.relu, scratch, yk);
                 }
             },
         );
@@ -291,34 +305,93 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     }
 }
 
-/// Runs `$body` compiled for AVX2+FMA when the CPU has them (checked once), else for the
-/// baseline target: the transforms are plain loops that the compiler vectorises.
+/// The instruction set the transforms run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// The build's baseline target (x86-64: SSE2).
+    Baseline,
+    /// AVX2 with FMA, 256-bit vectors.
+    Avx2,
+    /// AVX-512 (F, VL) with FMA, 512-bit vectors.
+    Avx512,
+}
+
+impl Simd {
+    /// The name `NST_CPU` takes and `runner bench` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Baseline => "baseline",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+
+    /// The best set this CPU runs.
+    pub fn detected() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if fma && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Simd::Avx512;
+            }
+            if fma {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    }
+}
+
+/// The set the transforms use, chosen once: the best this CPU runs, or at most the one named by
+/// `NST_CPU` (`avx512`, `avx2`, `baseline`), so that each path can be measured on one machine.
+/// A set the CPU lacks is never used (its instructions would fault); an unknown name is
+/// ignored.
+pub fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let best = Simd::detected();
+        let asked = match std::env::var("NST_CPU").as_deref() {
+            Ok("avx512") => Simd::Avx512,
+            Ok("avx2") => Simd::Avx2,
+            Ok("baseline") => Simd::Baseline,
+            _ => best,
+        };
+        asked.min(best)
+    })
+}
+
+/// Defines `$name(level, args…)`: `$impl` compiled for AVX-512 or AVX2+FMA when `level` says
+/// so (the caller guarantees the CPU has it: [`simd`]), else for the baseline target. The
+/// transforms are plain loops over constant tables that the compiler vectorises.
 macro_rules! with_simd {
     ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*)) => {
         #[allow(clippy::too_many_arguments)]
-        fn $name<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
+        fn $name<const M: usize, const A: usize, S: TableSet<M, A>>(level: Simd, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn simd<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
+                unsafe fn wide<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
                     $impl::<M, A, S>($($arg),*)
                 }
-                if has_avx2() {
-                    // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-                    unsafe { simd::<M, A, S>($($arg),*) };
-                    return;
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn narrow<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
+                    $impl::<M, A, S>($($arg),*)
+                }
+                match level {
+                    // SAFETY: `level` is at most what the CPU supports (`simd`, `Simd::detected`).
+                    Simd::Avx512 => return unsafe { wide::<M, A, S>($($arg),*) },
+                    // SAFETY: as above.
+                    Simd::Avx2 => return unsafe { narrow::<M, A, S>($($arg),*) },
+                    Simd::Baseline => {}
                 }
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = level;
             $impl::<M, A, S>($($arg),*)
         }
     };
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
 }
 
 with_simd!(input_row, input_row_impl, (
@@ -540,6 +613,34 @@ pub(crate) mod tests {
                 conv(&kern, &x, None, h, w, Epilogue { bias: None, relu: false }, &mut out);
                 let e = rel_err(&out, &naive(&x, &wt, c, k, h, w));
                 assert!(e < 3e-5, "{variant:?} {c} {k} {h} {w}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_the_cpu_has_computes_the_same_convolution() {
+        // `NST_CPU` picks one set for a whole process; here each set this CPU has is run
+        // directly, so one CI machine checks every path it can execute.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (c, k, h, w) = (7, 9, 13, 10);
+        let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let want = naive(&x, &wt, c, k, h, w);
+        let levels: Vec<Simd> =
+            [Simd::Baseline, Simd::Avx2, Simd::Avx512].into_iter().filter(|l| *l <= Simd::detected()).collect();
+        assert!(levels.contains(&simd()), "the chosen set {:?} is one this CPU has", simd());
+        for variant in [Variant::F23, Variant::F43] {
+            let kern = transform_kernel(variant, &wt, k, c, false);
+            let mut first: Option<Vec<f32>> = None;
+            for &level in &levels {
+                let mut out = vec![0f32; k * h * w];
+                conv_with(level, &kern, &x, None, (h, w), Epilogue { bias: None, relu: false }, &mut out);
+                let e = rel_err(&out, &want);
+                assert!(e < 3e-5, "{variant:?} {level:?}: {e}");
+                // Only the rounding of fused multiply-adds may differ between sets.
+                let same = first.get_or_insert_with(|| out.clone());
+                let d = out.iter().zip(same.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(d < 1e-5, "{variant:?} {level:?} differs from {:?} by {d}", levels[0]);
             }
         }
     }
