@@ -9,7 +9,7 @@
 use serde_json::json;
 use toml::Value;
 
-use super::types::{expected, number_in, Count, ParamType, Pixels, Problem};
+use super::types::{expected, list, number_in, Count, ParamType, Pixels, Problem};
 
 /// Most stages a run may have: a schedule of more is a typo (a factor of 1.01).
 pub const MAX_STAGES: usize = 32;
@@ -80,12 +80,7 @@ impl Scales {
 impl ParamType for Scales {
     fn parse(v: &Value) -> Result<Self, Problem> {
         match v {
-            Value::Array(a) if !a.is_empty() => a
-                .iter()
-                .enumerate()
-                .map(|(i, x)| Pixels::parse(x).map_err(|p| Problem { at: format!("[{i}]{}", p.at), ..p }))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Scales::List),
+            Value::Array(a) if !a.is_empty() => list::<Pixels>(a).map(Scales::List),
             Value::Table(t) => {
                 super::types::table_keys(t, &["start", "factor"])?;
                 let start =
@@ -175,12 +170,7 @@ impl Iterations {
 impl ParamType for Iterations {
     fn parse(v: &Value) -> Result<Self, Problem> {
         match v {
-            Value::Array(a) if !a.is_empty() => a
-                .iter()
-                .enumerate()
-                .map(|(i, x)| Count::parse(x).map_err(|p| Problem { at: format!("[{i}]{}", p.at), ..p }))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Iterations::List),
+            Value::Array(a) if !a.is_empty() => list::<Count>(a).map(Iterations::List),
             Value::Table(t) => {
                 super::types::table_keys(t, &["first", "rest"])?;
                 let get =

@@ -26,7 +26,7 @@ impl Problem {
         Self { at: String::new(), message: message.into() }
     }
 
-    fn inside(mut self, prefix: String) -> Self {
+    pub(super) fn inside(mut self, prefix: String) -> Self {
         self.at = prefix + &self.at;
         self
     }
@@ -351,6 +351,11 @@ pub(super) fn table_keys(t: &toml::Table, valid: &[&str]) -> Result<(), Problem>
         }
     }
     Ok(())
+}
+
+/// Reads every element of a TOML array with `T`, a problem located at its index (`[2]`).
+pub(super) fn list<T: ParamType>(a: &[Value]) -> Result<Vec<T>, Problem> {
+    a.iter().enumerate().map(|(i, x)| T::parse(x).map_err(|p| p.inside(format!("[{i}]")))).collect()
 }
 
 /// Reads `t[key]` with `T` when present, the problem located at `.key`.
