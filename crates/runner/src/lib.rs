@@ -6,6 +6,7 @@
 //! - [`params`]: the one declaration of a run's parameters (types, ranges, defaults, docs).
 //! - [`spec`]: spec files (and command-line overrides) into a checked [`spec::Experiment`].
 //! - [`run`]: executing one run; [`record`]: its `run.toml` and summary.
+//! - [`cluster`]: shards, claims on a shared folder, outputs collected from run folders.
 //! - [`report`]: experiment outputs (summary, contact sheet, curves) and the ablation report;
 //!   [`output`]: images, CSVs and plots.
 //! - [`assets`]: weights and images fetched by name and hash; [`fsutil`]: atomic writes and
@@ -14,6 +15,7 @@
 
 pub mod assets;
 pub mod bench;
+pub mod cluster;
 pub mod device;
 pub mod diag;
 mod error;

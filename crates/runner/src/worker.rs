@@ -57,11 +57,11 @@ pub fn execute_isolated(
     dir: &Path,
     policy: Policy,
     spec_dir: Option<&Path>,
-    interrupt: &Arc<AtomicBool>,
+    interrupts: &[Arc<AtomicBool>],
     progress: &mut dyn FnMut(Progress),
 ) -> RunSummary {
     let mut summary = RunSummary::new(run);
-    match supervise(run, dir, policy, spec_dir, interrupt, progress, &mut summary) {
+    match supervise(run, dir, policy, spec_dir, interrupts, progress, &mut summary) {
         Ok(status) => summary.status = status,
         Err(e) => summary.status = Status::Failed(format!("{e:#}")),
     }
@@ -77,9 +77,10 @@ struct Worker {
     last_words: Arc<Mutex<Vec<String>>>,
 }
 
-/// Starts `runner __worker`, hands it its job, forwards an interruption to it, and keeps the
-/// last lines of its stderr (backtrace frames left out).
-fn spawn(job: &str, interrupt: &Arc<AtomicBool>) -> anyhow::Result<Worker> {
+/// Starts `runner __worker`, hands it its job, forwards an interruption to it (any of the
+/// `interrupts` set: Ctrl-C, or the run's claim lost to another worker), and keeps the last
+/// lines of its stderr (backtrace frames left out).
+fn spawn(job: &str, interrupts: &[Arc<AtomicBool>]) -> anyhow::Result<Worker> {
     let exe = std::env::current_exe().context("finding the runner's own executable")?;
     let mut child = Command::new(exe)
         .arg("__worker")
@@ -94,10 +95,10 @@ fn spawn(job: &str, interrupt: &Arc<AtomicBool>) -> anyhow::Result<Worker> {
     stdin.flush()?;
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (interrupt, done) = (interrupt.clone(), done.clone());
+        let (interrupts, done) = (interrupts.to_vec(), done.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
-                if interrupt.load(Ordering::SeqCst) {
+                if interrupts.iter().any(|i| i.load(Ordering::SeqCst)) {
                     let _ = stdin.write_all(b"interrupt\n").and_then(|_| stdin.flush());
                     return;
                 }
@@ -159,11 +160,11 @@ fn supervise(
     dir: &Path,
     policy: Policy,
     spec_dir: Option<&Path>,
-    interrupt: &Arc<AtomicBool>,
+    interrupts: &[Arc<AtomicBool>],
     progress: &mut dyn FnMut(Progress),
     summary: &mut RunSummary,
 ) -> anyhow::Result<Status> {
-    let mut w = spawn(&payload(run, dir, policy, spec_dir), interrupt)?;
+    let mut w = spawn(&payload(run, dir, policy, spec_dir), interrupts)?;
     let stdout = w.child.stdout.take().context("the worker's stdout")?;
     let end = read_events(stdout, progress);
     let exit = w.child.wait().context("waiting for the run's process")?;
@@ -299,6 +300,7 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
         Status::Interrupted => ("interrupted", String::new()),
         Status::Busy => ("busy", String::new()),
         Status::Failed(r) => ("failed", r.clone()),
+        Status::Pending => ("failed", "not run".into()),
     };
     let peak = s.peak_rss_mib;
     emit(

@@ -63,6 +63,11 @@ fn row_value(r: &LossRow) -> Value {
     Value::Table(m)
 }
 
+/// Whether `dir` holds a checkpoint (of whatever identity).
+pub(super) fn exists(dir: &Path) -> bool {
+    dir.join(RECORD).is_file()
+}
+
 /// Writes the checkpoint of run `id` into `dir`.
 pub(super) fn save(dir: &Path, id: &str, c: &Checkpoint) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> =

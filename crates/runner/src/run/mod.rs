@@ -68,6 +68,11 @@ struct NetKey {
 pub struct Session {
     assets: Assets,
     nets: HashMap<NetKey, (Arc<Vgg19>, Asset)>,
+    /// Weights files hashed so far, by the run's `weights` (`None`: the default file).
+    weights: HashMap<Option<String>, Asset>,
+    /// Identities computed so far, by resolved parameters (inputs do not change during an
+    /// invocation).
+    identities: HashMap<String, String>,
     interrupt: Arc<AtomicBool>,
     /// Directory that relative image paths in the spec are resolved against first.
     pub spec_dir: Option<PathBuf>,
@@ -76,7 +81,14 @@ pub struct Session {
 impl Session {
     /// A session fetching through `assets`; `interrupt` is set by Ctrl-C.
     pub fn new(assets: Assets, interrupt: Arc<AtomicBool>) -> Self {
-        Self { assets, nets: HashMap::new(), interrupt, spec_dir: None }
+        Self {
+            assets,
+            nets: HashMap::new(),
+            weights: HashMap::new(),
+            identities: HashMap::new(),
+            interrupt,
+            spec_dir: None,
+        }
     }
 
     /// The asset store.
@@ -121,16 +133,60 @@ impl Session {
         if let Some(n) = self.nets.get(&key) {
             return Ok(n.clone());
         }
-        let asset = match &p.inputs.weights.0 {
-            Some(path) => Asset { path: PathBuf::from(path), sha256: crate::fsutil::sha256_file(Path::new(path))? },
-            None => self.assets.weights()?,
-        };
+        let asset = self.weights_asset(p)?;
         let format = WeightsFormat::detect(&asset.path)?;
         let weights = VggWeights::load(&asset.path, format, device)?;
         let net = Arc::new(Vgg19::new(&weights, p.objective.pooling, ConvAlgorithm::Fast)?);
         self.nets.insert(key, (net.clone(), asset.clone()));
         Ok((net, asset))
     }
+}
+
+impl Session {
+    /// The weights file of run `p`, fetched and hashed once per session.
+    fn weights_asset(&mut self, p: &RunParams) -> Result<Asset> {
+        let key = p.inputs.weights.0.clone();
+        if let Some(a) = self.weights.get(&key) {
+            return Ok(a.clone());
+        }
+        let asset = match &key {
+            Some(path) => Asset { path: PathBuf::from(path), sha256: crate::fsutil::sha256_file(Path::new(path))? },
+            None => self.assets.weights()?,
+        };
+        self.weights.insert(key, asset.clone());
+        Ok(asset)
+    }
+
+    /// The identity of `run` (the hash of its resolved parameters, its inputs' sha256 and the
+    /// numerics' sources) without loading the network: what `run.toml` must record for the run
+    /// to count as done.
+    pub fn identity(&mut self, run: &PlannedRun) -> Result<String> {
+        let key = run.params.to_table().to_string();
+        if let Some(id) = self.identities.get(&key) {
+            return Ok(id.clone());
+        }
+        let weights = self.weights_asset(&run.params)?;
+        let inputs = inputs::resolve(self, &run.params, weights)?;
+        let id = inputs::identity(&run.params, &inputs);
+        self.identities.insert(key, id.clone());
+        Ok(id)
+    }
+}
+
+/// The summary of `run` when `dir` holds its complete outputs, of the same identity (status
+/// `Skipped`, or `Flagged` with the flag it was recorded with); `None` otherwise.
+pub fn completed(session: &mut Session, run: &PlannedRun, dir: &Path) -> Result<Option<RunSummary>> {
+    if !dir.join("run.toml").is_file() {
+        return Ok(None);
+    }
+    let id = session.identity(run)?;
+    let mut summary = RunSummary::new(run);
+    Ok(skip_if_complete(dir, &id, &mut summary).map(|status| RunSummary { status, ..summary }))
+}
+
+/// Whether `dir` holds a checkpoint of a run that stopped before its end.
+pub fn checkpointed(dir: &Path) -> bool {
+    checkpoint::exists(dir)
 }
 
 /// How [`execute`] treats a run.

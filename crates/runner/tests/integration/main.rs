@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod cluster;
 mod controls;
 mod fixture;
 mod optimizers;

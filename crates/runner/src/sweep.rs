@@ -1,0 +1,286 @@
+//! Running a plan's runs with progress bars and status lines: every run of the plan, one shard
+//! of it, or the runs this process claims from a folder shared with other runners
+//! ([`runner::cluster`]). The experiment's outputs are rewritten after each run: from this
+//! invocation's summaries when it runs the whole plan, from the run folders otherwise (other
+//! processes compute the rest).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use runner::cluster::claim::{self, Attempt};
+use runner::cluster::collect;
+use runner::record::{RunSummary, Status};
+use runner::run::{execute, Policy, Progress, Session};
+use runner::spec::{Experiment, PlannedRun};
+
+use crate::worker;
+
+/// How runs are executed.
+pub struct RunMode {
+    /// Redo complete runs.
+    pub force: bool,
+    /// Each run in its own process ([`worker`]).
+    pub isolated: bool,
+    /// Set by Ctrl-C.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+/// Where the experiment's outputs are made from.
+#[derive(Clone, Copy)]
+pub enum Outputs<'a> {
+    /// Nowhere (a one-off transfer).
+    None,
+    /// This invocation's summaries, into this folder (it runs the whole plan).
+    Memory(&'a Path),
+    /// The run folders of the whole `plan` under `dir` (a shard or a claim worker).
+    Disk {
+        /// The experiment's folder.
+        dir: &'a Path,
+        /// Every run of the experiment, not only this process's.
+        plan: &'a Experiment,
+        /// When a claim counts as dead.
+        stale_after: Duration,
+    },
+}
+
+/// Rewrites the experiment's outputs; a failure is reported, never fatal (the runs go on).
+fn write_outputs(session: &mut Session, exp: &Experiment, summaries: &[RunSummary], outputs: Outputs) {
+    let (dir, result) = match outputs {
+        Outputs::None => return,
+        Outputs::Memory(dir) => {
+            let mut ordered = summaries.to_vec();
+            ordered.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
+            (dir, runner::report::write_experiment_outputs(dir, exp, &ordered))
+        }
+        Outputs::Disk { dir, plan, stale_after } => {
+            (dir, collect::collect_and_write(session, plan, dir, stale_after).map(|_| ()))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("warning: writing the outputs of {} failed (the runs go on): {}", dir.display(), runner::chain(&e));
+    }
+}
+
+/// Leaves `failed.toml` in a failed run's folder (for `runner collect`), removes it from a
+/// completed one's.
+fn note_outcome(session: &mut Session, s: &RunSummary, dir: &Path) {
+    match &s.status {
+        Status::Failed(reason) => {
+            if let Ok(id) = session.identity(&s.run) {
+                if let Err(e) = collect::mark_failed(dir, &id, reason) {
+                    eprintln!("warning: recording the failure of {}: {}", s.run.name, runner::chain(&e));
+                }
+            }
+        }
+        st if st.is_complete() => collect::clear_failed(dir),
+        _ => {}
+    }
+}
+
+/// Puts `s` in `summaries`, replacing an earlier summary of the same run.
+fn record(summaries: &mut Vec<RunSummary>, s: RunSummary) {
+    match summaries.iter().position(|x| x.run.name == s.run.name) {
+        Some(k) => summaries[k] = s,
+        None => summaries.push(s),
+    }
+}
+
+fn total_bar(multi: &MultiProgress, exp: &Experiment) -> anyhow::Result<ProgressBar> {
+    let total = multi.add(ProgressBar::new(exp.runs.len() as u64));
+    total.set_style(ProgressStyle::with_template(
+        "{prefix:.bold} [{bar:30}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta}",
+    )?);
+    total.set_prefix(exp.name.clone());
+    Ok(total)
+}
+
+/// Runs every run of `exp`, each into `dir_of(run)`, with progress bars, rewriting the
+/// experiment's outputs after each. Runs another process is computing are left for last, then
+/// waited for, so several runners on one folder share the work and each ends with the whole
+/// summary.
+pub fn run_all(
+    session: &mut Session,
+    exp: &Experiment,
+    outputs: Outputs,
+    mode: &RunMode,
+    dir_of: impl Fn(&PlannedRun) -> PathBuf,
+) -> anyhow::Result<Vec<RunSummary>> {
+    let multi = MultiProgress::new();
+    let total = total_bar(&multi, exp)?;
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    let mut busy = Vec::new();
+    let passes = [Policy { force: mode.force, wait: false }, Policy { force: false, wait: true }];
+    for (pass, policy) in passes.into_iter().enumerate() {
+        let todo: Vec<usize> = if pass == 0 { (0..exp.runs.len()).collect() } else { std::mem::take(&mut busy) };
+        for i in todo {
+            let run = &exp.runs[i];
+            let dir = dir_of(run);
+            let s = run_one(session, run, &dir, policy, mode, &[], &multi)?;
+            let stop = s.status == Status::Interrupted;
+            if s.status == Status::Busy {
+                busy.push(i);
+            } else {
+                total.inc(1);
+            }
+            note_outcome(session, &s, &dir);
+            record(&mut summaries, s);
+            write_outputs(session, exp, &summaries, outputs);
+            if stop {
+                total.finish_and_clear();
+                return Ok(summaries);
+            }
+        }
+    }
+    total.finish_and_clear();
+    summaries.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
+    Ok(summaries)
+}
+
+/// Runs the runs of `exp` that this process claims in `exp_dir` (see [`claim`]), until every
+/// run is complete, failed here, or interrupted: a run another worker holds is waited for, and
+/// taken over when its claim goes stale, so that no run is lost with a dead worker. A run that
+/// failed here is left to other workers (each worker tries a run once).
+pub fn run_claimed(
+    session: &mut Session,
+    exp: &Experiment,
+    exp_dir: &Path,
+    mode: &RunMode,
+    stale_after: Duration,
+) -> anyhow::Result<Vec<RunSummary>> {
+    let multi = MultiProgress::new();
+    let total = total_bar(&multi, exp)?;
+    let outputs = Outputs::Disk { dir: exp_dir, plan: exp, stale_after };
+    let policy = Policy { force: mode.force, wait: false };
+    let mut summaries: Vec<RunSummary> = Vec::new();
+    let mut settled = BTreeSet::new();
+    let mut waited_for = Vec::new();
+    loop {
+        let mut waiting = Vec::new();
+        for (i, run) in exp.runs.iter().enumerate() {
+            if settled.contains(&i) || mode.interrupt.load(Ordering::SeqCst) {
+                continue;
+            }
+            let dir = exp_dir.join(&run.name);
+            if !mode.force {
+                if let Some(done) = runner::run::completed(session, run, &dir)? {
+                    settled.insert(i);
+                    total.inc(1);
+                    record(&mut summaries, done);
+                    continue;
+                }
+            }
+            let c = match claim::try_claim(&dir, stale_after)? {
+                Attempt::Held(h) => {
+                    waiting.push(format!("{} ({h})", run.name));
+                    continue;
+                }
+                Attempt::Claimed(c) => c,
+            };
+            if let Some(h) = &c.took_over {
+                say(&multi, format!("takeover {}: the claim of {h} was stale", run.name));
+            }
+            let mut s = run_one(session, run, &dir, policy, mode, &[c.lost_flag()], &multi)?;
+            if c.is_lost() {
+                let by = claim::current(&dir)?.map(|h| h.to_string()).unwrap_or_default();
+                say(&multi, format!("lost     {}: another worker took it over ({by}); it goes on there", run.name));
+                s.status = Status::Busy;
+            }
+            drop(c);
+            match s.status {
+                // Its lock is held (a process that lost its claim has not stopped yet): later.
+                Status::Busy => waiting.push(format!("{} (finishing in another process)", run.name)),
+                Status::Interrupted => {}
+                _ => {
+                    settled.insert(i);
+                    total.inc(1);
+                }
+            }
+            note_outcome(session, &s, &dir);
+            record(&mut summaries, s);
+            write_outputs(session, exp, &summaries, outputs);
+        }
+        if waiting.is_empty() || mode.interrupt.load(Ordering::SeqCst) {
+            break;
+        }
+        if waiting != waited_for {
+            say(&multi, format!("waiting  for {} run(s) other workers hold: {}", waiting.len(), waiting.join(", ")));
+            waited_for = waiting;
+        }
+        std::thread::sleep((stale_after / 8).clamp(Duration::from_millis(200), Duration::from_secs(2)));
+    }
+    total.finish_and_clear();
+    summaries.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
+    Ok(summaries)
+}
+
+/// A status line, above the bars on a terminal, on stderr otherwise.
+fn say(multi: &MultiProgress, line: String) {
+    if multi.is_hidden() || multi.println(&line).is_err() {
+        eprintln!("{line}");
+    }
+}
+
+/// One run with its progress bar and its status line; `stop` are further reasons to stop it
+/// besides Ctrl-C (isolated runs only).
+fn run_one(
+    session: &mut Session,
+    run: &PlannedRun,
+    dir: &Path,
+    policy: Policy,
+    mode: &RunMode,
+    stop: &[Arc<AtomicBool>],
+    multi: &MultiProgress,
+) -> anyhow::Result<RunSummary> {
+    let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.at(0) as u64));
+    bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
+    bar.set_prefix(run.name.clone());
+    bar.enable_steady_tick(Duration::from_millis(500));
+    if policy.wait {
+        bar.set_message("waiting for the process computing it");
+    }
+    let mut on_progress = |p: Progress| match p {
+        Progress::Started { iterations, device } => {
+            bar.set_length(iterations as u64);
+            bar.set_message(device);
+        }
+        Progress::Step { iteration, evals, total, seconds } => {
+            bar.set_position(iteration as u64);
+            bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / iteration as f64));
+        }
+    };
+    let s = if mode.isolated {
+        let mut interrupts = vec![mode.interrupt.clone()];
+        interrupts.extend(stop.iter().cloned());
+        worker::execute_isolated(run, dir, policy, session.spec_dir.as_deref(), &interrupts, &mut on_progress)
+    } else {
+        execute(session, run, dir, policy, &mut on_progress)
+    };
+    bar.finish_and_clear();
+    say(multi, status_line(&s));
+    Ok(s)
+}
+
+fn status_line(s: &RunSummary) -> String {
+    let name = &s.run.name;
+    match &s.status {
+        Status::Ok => format!(
+            "ok       {name}: {} it, {} evals, {:.1} s ({:.3} s/eval) on {}, final loss {:.4e}",
+            s.iterations,
+            s.evals,
+            s.seconds,
+            s.seconds / s.evals.max(1) as f64,
+            s.device,
+            s.final_terms.as_ref().map(|t| t.total).unwrap_or(f64::NAN)
+        ),
+        Status::Skipped => format!("skipped  {name}: complete from an earlier invocation (--force to redo)"),
+        Status::Interrupted => format!("interrupted {name}: it starts again on the next invocation"),
+        Status::Busy => format!("busy     {name}: another process is computing it; waiting for it"),
+        Status::Flagged(why) => format!("FLAGGED  {name}: {why} ({} it, {:.1} s)", s.iterations, s.seconds),
+        Status::Failed(r) => format!("FAILED   {name}: {r}"),
+        Status::Pending => format!("pending  {name}: not run"),
+    }
+}
