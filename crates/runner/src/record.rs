@@ -268,13 +268,34 @@ pub fn read_run_record(dir: &Path) -> Option<RunRecord> {
     })
 }
 
-/// The (iteration, total) of every row of a run's `losses.csv`; empty when it cannot be read.
+/// The (iteration, total) of every row of a run's `losses.csv`, its columns found by name;
+/// empty when it cannot be read.
 pub fn read_curve(path: &Path) -> Vec<CurvePoint> {
     let Ok(mut r) = csv::Reader::from_path(path) else { return vec![] };
+    let Ok(h) = r.headers() else { return vec![] };
+    let col = |k: &str| h.iter().position(|c| c == k);
+    let (Some(it), Some(total)) = (col("iteration"), col("total")) else { return vec![] };
     r.records()
         .filter_map(|rec| {
             let rec = rec.ok()?;
-            Some(CurvePoint { iteration: rec.get(0)?.parse().ok()?, total: rec.get(3)?.parse().ok()? })
+            Some(CurvePoint { iteration: rec.get(it)?.parse().ok()?, total: rec.get(total)?.parse().ok()? })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The curve of a run read back from its files (skipped and collected runs) was the seconds
+    /// column once `scale` was inserted before it: columns are found by name now.
+    #[test]
+    fn the_curve_is_read_by_column_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("losses.csv");
+        let text = "iteration,scale,evals,seconds,total,content\n0,64,1,0.05,7.5e5,1\n1,64,2,0.09,2.3e5,1\n";
+        std::fs::write(&p, text).unwrap();
+        let c = read_curve(&p);
+        assert_eq!(c, [CurvePoint { iteration: 0.0, total: 7.5e5 }, CurvePoint { iteration: 1.0, total: 2.3e5 }]);
+    }
 }
