@@ -53,7 +53,8 @@ enum Command {
     Bench(BenchArgs),
     /// Fetch the weights and every manifest image into the cache, verifying their hashes.
     Fetch,
-    /// Build docs/ablations.md and docs/controls.md and their figures from their experiments' results.
+    /// Build docs/ablations.md and docs/controls.md and their figures from their experiments'
+    /// results, and RESULTS/index.html, a page linking every experiment's index.html.
     Report(ReportArgs),
     /// Rebuild an experiment's summary.csv, grid.png and curves.png from its finished run
     /// folders (those of shards and claim workers, on any machine) and list the runs missing.
@@ -232,6 +233,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 } else if let Err(e) = runner::report::ablations::build(&r.results, &r.docs, d) {
                     failed.push(format!("{:#}", anyhow::Error::from(e).context(format!("docs/{}.md", d.name))));
                 }
+            }
+            if !r.experiments && r.results.is_dir() {
+                let n = runner::report::html::write_results_index(&r.results)
+                    .with_context(|| format!("writing {}", r.results.join("index.html").display()))?;
+                eprintln!("wrote {} ({n} experiments)", r.results.join("index.html").display());
             }
             if !failed.is_empty() {
                 anyhow::bail!("{}", failed.join("\n"));

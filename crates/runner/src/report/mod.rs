@@ -1,5 +1,5 @@
 //! The experiment-level outputs, made from the runs' summaries: `summary.csv`, `grid.png`,
-//! `curves.png`.
+//! `curves.png`, `index.html`.
 
 use std::path::Path;
 
@@ -105,7 +105,8 @@ pub fn write_experiment_outputs(exp_dir: &Path, exp: &Experiment, runs: &[RunSum
     if !series.is_empty() {
         plot_log(&exp_dir.join("curves.png"), &format!("{}: total loss", exp.name), "iteration", &series, (800, 500))?;
     }
-    Ok(())
+    html::write_index(exp_dir, exp, runs)
 }
 
 pub mod ablations;
+pub mod html;

@@ -87,6 +87,23 @@ fn a_tiny_experiment_writes_every_output_and_resumes() {
     assert!(rows.iter().all(|r| &r[2] == "ok" && r[3].parse::<f64>().unwrap() > 0.0));
     assert!(image::open(exp.join("grid.png")).unwrap().width() > 128);
     image::open(exp.join("curves.png")).unwrap();
+    // index.html: self-contained, its data the summary's.
+    let page = std::fs::read_to_string(exp.join("index.html")).unwrap();
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"), "nothing fetched from elsewhere");
+    let json = page.split_once("id=\"data\">").unwrap().1.split_once("</script>").unwrap().0;
+    let data: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(data["experiment"], "tiny");
+    assert_eq!(data["varying"], serde_json::json!(["seed"]));
+    for (k, r) in rows.iter().enumerate() {
+        let run = &data["runs"][k];
+        assert_eq!(run["name"], &r[0]);
+        assert_eq!(run["state"], "ok");
+        assert_eq!(run["image"], "output.png");
+        let (page_total, csv_total) = (run["final_total"].as_f64().unwrap(), r[3].parse::<f64>().unwrap());
+        assert!((page_total - csv_total).abs() <= 1e-6 * csv_total, "{page_total} vs {csv_total}");
+        assert_eq!(run["curve"].as_array().unwrap().len(), 5, "iteration 0 and 4 steps");
+        assert!(run["params"].as_str().unwrap().contains(&format!("seed = {k}")));
+    }
     // A second invocation skips complete runs and leaves their outputs untouched; the summary
     // keeps what the runs measured (time, memory, losses), not what the skipping process did.
     let before = std::fs::metadata(exp.join("seed=0/output.png")).unwrap().modified().unwrap();
