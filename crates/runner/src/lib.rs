@@ -9,6 +9,7 @@
 //! - [`cluster`]: shards, claims on a shared folder, outputs collected from run folders.
 //! - [`report`]: experiment outputs (summary, contact sheet, curves) and the ablation report;
 //!   [`output`]: images, CSVs and plots.
+//! - [`serve`]: the live view of a sweep in a browser.
 //! - [`assets`]: weights and images fetched by name and hash; [`fsutil`]: atomic writes and
 //!   hashing; [`device`]: devices and process memory; [`bench`]: timing one evaluation.
 #![deny(missing_docs)]
@@ -25,6 +26,7 @@ pub mod params;
 pub mod record;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod spec;
 
 pub use error::{chain, Error, Result};

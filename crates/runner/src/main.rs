@@ -10,6 +10,7 @@
 
 mod cli;
 mod sweep;
+mod track;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -121,6 +122,13 @@ struct RunArgs {
     /// Print the names of the plan's runs (after --only and --shard), one a line, and stop.
     #[arg(long)]
     list: bool,
+    /// Serve a live view of the sweep at ADDR (default 127.0.0.1:8080; a port alone binds to
+    /// 127.0.0.1): the experiment's page, updated as the runs go, the current image included.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8080")]
+    serve: Option<String>,
+    /// With --serve: write the current run's image every this many iterations.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    preview_every: u64,
 }
 
 #[derive(Args)]
@@ -332,16 +340,24 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
         print_plan(&exp, &exp_dir, &checked);
         return Ok(ExitCode::SUCCESS);
     }
+    let live = match &a.serve {
+        Some(addr) => Some(serve(addr, &exp, &exp_dir)?),
+        None => None,
+    };
+    if live.is_some() {
+        session.preview_every = a.preview_every as usize;
+    }
+    let track = track::Tracker::new(&exp, &checked, live)?;
     install_ctrl_c(interrupt.clone())?;
     let mode = RunMode { force: a.common.force, isolated: !a.in_process, interrupt: interrupt.clone() };
     let stale_after = Duration::from_secs(a.plan.claim_stale);
     let shared = a.claim || a.shard.is_some();
     let summaries = if a.claim {
-        sweep::run_claimed(&mut session, &exp, &exp_dir, &mode, stale_after)?
+        sweep::run_claimed(&mut session, &exp, &exp_dir, &mode, stale_after, track)?
     } else {
         let outputs =
             if shared { Outputs::Disk { dir: &exp_dir, plan: &plan, stale_after } } else { Outputs::Memory(&exp_dir) };
-        sweep::run_all(&mut session, &exp, outputs, &mode, |r| exp_dir.join(&r.name))?
+        sweep::run_all(&mut session, &exp, outputs, &mode, |r| exp_dir.join(&r.name), track)?
     };
     let code = finish(&exp, &exp_dir, &summaries, &interrupt)?;
     if shared {
@@ -350,6 +366,25 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
         print_missing(&plan, &c);
     }
     Ok(code)
+}
+
+/// Starts the live view of `exp` on `addr` and says where it is.
+fn serve(addr: &str, exp: &Experiment, exp_dir: &Path) -> anyhow::Result<runner::serve::LiveServer> {
+    let addr = runner::serve::parse_addr(addr).context("--serve")?;
+    std::fs::create_dir_all(exp_dir).with_context(|| exp_dir.display().to_string())?;
+    let pending: Vec<RunSummary> =
+        exp.runs.iter().map(|r| RunSummary { status: Status::Pending, ..RunSummary::new(r) }).collect();
+    let first = runner::report::html::page_data(exp, &pending, None, "");
+    let live = runner::serve::LiveServer::start(addr, exp_dir.to_path_buf(), &exp.name, &first)
+        .context("--serve: starting the live view")?;
+    let bound = live.addr();
+    eprintln!("live view: http://{bound}/ (read-only; Ctrl-C stops the sweep)");
+    if !bound.ip().is_loopback() {
+        eprintln!(
+            "note: --serve {bound} is reachable from other machines: anyone who can reach it can read the results"
+        );
+    }
+    Ok(live)
 }
 
 /// `runner collect`: the experiment's outputs from its run folders.
@@ -454,7 +489,8 @@ fn transfer(t: cli::TransferArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     install_ctrl_c(interrupt.clone())?;
     // One run: in this process (nothing else to protect).
     let mode = RunMode { force: t.common.force, isolated: false, interrupt: interrupt.clone() };
-    let summaries = sweep::run_all(&mut session, &exp, Outputs::None, &mode, |_| run_dir.clone())?;
+    let track = track::Tracker::new(&exp, &checked, None)?;
+    let summaries = sweep::run_all(&mut session, &exp, Outputs::None, &mode, |_| run_dir.clone(), track)?;
     if summaries.iter().all(|s| s.status.is_complete()) {
         cli::write_final_image(&run_dir.join("output.png"), &out)?;
         eprintln!("wrote {} (run files in {})", out.display(), run_dir.display());

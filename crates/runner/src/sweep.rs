@@ -17,6 +17,7 @@ use runner::record::{RunSummary, Status};
 use runner::run::{execute, Policy, Progress, Session};
 use runner::spec::{Experiment, PlannedRun};
 
+use crate::track::Tracker;
 use crate::worker;
 
 /// How runs are executed.
@@ -89,15 +90,6 @@ fn record(summaries: &mut Vec<RunSummary>, s: RunSummary) {
     }
 }
 
-fn total_bar(multi: &MultiProgress, exp: &Experiment) -> anyhow::Result<ProgressBar> {
-    let total = multi.add(ProgressBar::new(exp.runs.len() as u64));
-    total.set_style(ProgressStyle::with_template(
-        "{prefix:.bold} [{bar:30}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta}",
-    )?);
-    total.set_prefix(exp.name.clone());
-    Ok(total)
-}
-
 /// Runs every run of `exp`, each into `dir_of(run)`, with progress bars, rewriting the
 /// experiment's outputs after each. Runs another process is computing are left for last, then
 /// waited for, so several runners on one folder share the work and each ends with the whole
@@ -108,9 +100,8 @@ pub fn run_all(
     outputs: Outputs,
     mode: &RunMode,
     dir_of: impl Fn(&PlannedRun) -> PathBuf,
+    mut track: Tracker,
 ) -> anyhow::Result<Vec<RunSummary>> {
-    let multi = MultiProgress::new();
-    let total = total_bar(&multi, exp)?;
     let mut summaries: Vec<RunSummary> = Vec::new();
     let mut busy = Vec::new();
     let passes = [Policy { force: mode.force, wait: false }, Policy { force: false, wait: true }];
@@ -119,23 +110,21 @@ pub fn run_all(
         for i in todo {
             let run = &exp.runs[i];
             let dir = dir_of(run);
-            let s = run_one(session, run, &dir, policy, mode, &[], &multi)?;
+            let s = run_one(session, (i, run), &dir, policy, mode, &[], &mut track)?;
             let stop = s.status == Status::Interrupted;
             if s.status == Status::Busy {
                 busy.push(i);
-            } else {
-                total.inc(1);
             }
             note_outcome(session, &s, &dir);
             record(&mut summaries, s);
             write_outputs(session, exp, &summaries, outputs);
             if stop {
-                total.finish_and_clear();
+                track.finish();
                 return Ok(summaries);
             }
         }
     }
-    total.finish_and_clear();
+    track.finish();
     summaries.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
     Ok(summaries)
 }
@@ -150,9 +139,8 @@ pub fn run_claimed(
     exp_dir: &Path,
     mode: &RunMode,
     stale_after: Duration,
+    mut track: Tracker,
 ) -> anyhow::Result<Vec<RunSummary>> {
-    let multi = MultiProgress::new();
-    let total = total_bar(&multi, exp)?;
     let outputs = Outputs::Disk { dir: exp_dir, plan: exp, stale_after };
     let policy = Policy { force: mode.force, wait: false };
     let mut summaries: Vec<RunSummary> = Vec::new();
@@ -168,7 +156,8 @@ pub fn run_claimed(
             if !mode.force {
                 if let Some(done) = runner::run::completed(session, run, &dir)? {
                     settled.insert(i);
-                    total.inc(1);
+                    track.started(i);
+                    track.ended(i, &done);
                     record(&mut summaries, done);
                     continue;
                 }
@@ -181,12 +170,15 @@ pub fn run_claimed(
                 Attempt::Claimed(c) => c,
             };
             if let Some(h) = &c.took_over {
-                say(&multi, format!("takeover {}: the claim of {h} was stale", run.name));
+                say(track.multi(), format!("takeover {}: the claim of {h} was stale", run.name));
             }
-            let mut s = run_one(session, run, &dir, policy, mode, &[c.lost_flag()], &multi)?;
+            let mut s = run_one(session, (i, run), &dir, policy, mode, &[c.lost_flag()], &mut track)?;
             if c.is_lost() {
                 let by = claim::current(&dir)?.map(|h| h.to_string()).unwrap_or_default();
-                say(&multi, format!("lost     {}: another worker took it over ({by}); it goes on there", run.name));
+                say(
+                    track.multi(),
+                    format!("lost     {}: another worker took it over ({by}); it goes on there", run.name),
+                );
                 s.status = Status::Busy;
             }
             drop(c);
@@ -196,7 +188,6 @@ pub fn run_claimed(
                 Status::Interrupted => {}
                 _ => {
                     settled.insert(i);
-                    total.inc(1);
                 }
             }
             note_outcome(session, &s, &dir);
@@ -207,12 +198,15 @@ pub fn run_claimed(
             break;
         }
         if waiting != waited_for {
-            say(&multi, format!("waiting  for {} run(s) other workers hold: {}", waiting.len(), waiting.join(", ")));
+            say(
+                track.multi(),
+                format!("waiting  for {} run(s) other workers hold: {}", waiting.len(), waiting.join(", ")),
+            );
             waited_for = waiting;
         }
         std::thread::sleep((stale_after / 8).clamp(Duration::from_millis(200), Duration::from_secs(2)));
     }
-    total.finish_and_clear();
+    track.finish();
     summaries.sort_by_key(|x| exp.runs.iter().position(|r| r.name == x.run.name));
     Ok(summaries)
 }
@@ -228,13 +222,15 @@ fn say(multi: &MultiProgress, line: String) {
 /// besides Ctrl-C (isolated runs only).
 fn run_one(
     session: &mut Session,
-    run: &PlannedRun,
+    (i, run): (usize, &PlannedRun),
     dir: &Path,
     policy: Policy,
     mode: &RunMode,
     stop: &[Arc<AtomicBool>],
-    multi: &MultiProgress,
+    track: &mut Tracker,
 ) -> anyhow::Result<RunSummary> {
+    track.started(i);
+    let multi = track.multi().clone();
     let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.at(0) as u64));
     bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
     bar.set_prefix(run.name.clone());
@@ -242,25 +238,30 @@ fn run_one(
     if policy.wait {
         bar.set_message("waiting for the process computing it");
     }
-    let mut on_progress = |p: Progress| match p {
-        Progress::Started { iterations, device } => {
-            bar.set_length(iterations as u64);
-            bar.set_message(device);
+    let mut on_progress = |p: Progress| {
+        match &p {
+            Progress::Started { iterations, device } => {
+                bar.set_length(*iterations as u64);
+                bar.set_message(device.clone());
+            }
+            Progress::Step { iteration, evals, total, seconds } => {
+                bar.set_position(*iteration as u64);
+                bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / *iteration as f64));
+            }
+            Progress::Preview { .. } => {}
         }
-        Progress::Step { iteration, evals, total, seconds } => {
-            bar.set_position(iteration as u64);
-            bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / iteration as f64));
-        }
+        track.progress(&p);
     };
     let s = if mode.isolated {
         let mut interrupts = vec![mode.interrupt.clone()];
         interrupts.extend(stop.iter().cloned());
-        worker::execute_isolated(run, dir, policy, session.spec_dir.as_deref(), &interrupts, &mut on_progress)
+        worker::execute_isolated(run, dir, policy, session, &interrupts, &mut on_progress)
     } else {
         execute(session, run, dir, policy, &mut on_progress)
     };
     bar.finish_and_clear();
-    say(multi, status_line(&s));
+    say(&multi, status_line(&s));
+    track.ended(i, &s);
     Ok(s)
 }
 

@@ -26,12 +26,13 @@ use serde_json::{json, Value as Json};
 use toml::{Table, Value};
 
 /// What a worker is asked to do.
-fn payload(run: &PlannedRun, dir: &Path, policy: Policy, spec_dir: Option<&Path>) -> String {
+fn payload(run: &PlannedRun, dir: &Path, policy: Policy, session: &Session) -> String {
     let mut t = Table::new();
     t.insert("dir".into(), Value::String(dir.display().to_string()));
     t.insert("force".into(), Value::Boolean(policy.force));
     t.insert("wait".into(), Value::Boolean(policy.wait));
-    if let Some(d) = spec_dir {
+    t.insert("preview_every".into(), Value::Integer(session.preview_every as i64));
+    if let Some(d) = &session.spec_dir {
         t.insert("spec_dir".into(), Value::String(d.display().to_string()));
     }
     t.insert("name".into(), Value::String(run.name.clone()));
@@ -51,17 +52,18 @@ fn payload(run: &PlannedRun, dir: &Path, policy: Policy, spec_dir: Option<&Path>
     toml::to_string(&t).unwrap_or_default()
 }
 
-/// The parent's side: runs `run` in a worker process and returns its summary.
+/// The parent's side: runs `run` in a worker process (with the session's spec folder and
+/// preview setting) and returns its summary.
 pub fn execute_isolated(
     run: &PlannedRun,
     dir: &Path,
     policy: Policy,
-    spec_dir: Option<&Path>,
+    session: &Session,
     interrupts: &[Arc<AtomicBool>],
     progress: &mut dyn FnMut(Progress),
 ) -> RunSummary {
     let mut summary = RunSummary::new(run);
-    match supervise(run, dir, policy, spec_dir, interrupts, progress, &mut summary) {
+    match supervise(run, dir, policy, session, interrupts, progress, &mut summary) {
         Ok(status) => summary.status = status,
         Err(e) => summary.status = Status::Failed(format!("{e:#}")),
     }
@@ -148,6 +150,9 @@ fn read_events(stdout: impl Read, progress: &mut dyn FnMut(Progress)) -> Option<
                 total: event["total"].as_f64().unwrap_or(f64::NAN),
                 seconds: event["seconds"].as_f64().unwrap_or(0.0),
             }),
+            Some("preview") => {
+                progress(Progress::Preview { iteration: event["iteration"].as_u64().unwrap_or(0) as usize })
+            }
             Some("end") => end = Some(event),
             _ => {}
         }
@@ -159,12 +164,12 @@ fn supervise(
     run: &PlannedRun,
     dir: &Path,
     policy: Policy,
-    spec_dir: Option<&Path>,
+    session: &Session,
     interrupts: &[Arc<AtomicBool>],
     progress: &mut dyn FnMut(Progress),
     summary: &mut RunSummary,
 ) -> anyhow::Result<Status> {
-    let mut w = spawn(&payload(run, dir, policy, spec_dir), interrupts)?;
+    let mut w = spawn(&payload(run, dir, policy, session), interrupts)?;
     let stdout = w.child.stdout.take().context("the worker's stdout")?;
     let end = read_events(stdout, progress);
     let exit = w.child.wait().context("waiting for the run's process")?;
@@ -229,6 +234,7 @@ struct Job {
     dir: PathBuf,
     policy: Policy,
     spec_dir: Option<PathBuf>,
+    preview_every: usize,
 }
 
 /// Reads the job from stdin, up to the `%%` line; stdin stays open for interruptions.
@@ -259,6 +265,11 @@ fn read_job(stdin: &mut impl BufRead) -> anyhow::Result<Job> {
         dir: PathBuf::from(get("dir")),
         policy: Policy { force: flag("force"), wait: flag("wait") },
         spec_dir: t.get("spec_dir").and_then(|v| v.as_str()).map(PathBuf::from),
+        preview_every: t
+            .get("preview_every")
+            .and_then(|v| v.as_integer())
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0),
     })
 }
 
@@ -284,7 +295,9 @@ pub fn worker_main(assets: Assets) -> anyhow::Result<ExitCode> {
     }
     let mut session = Session::new(assets, interrupt);
     session.spec_dir = job.spec_dir;
+    session.preview_every = job.preview_every;
     let mut on_progress = |p: Progress| match p {
+        Progress::Preview { iteration } => emit(json!({"event": "preview", "iteration": iteration})),
         Progress::Started { iterations, device } => {
             emit(json!({"event": "started", "iterations": iterations, "device": device}))
         }

@@ -69,7 +69,8 @@ pub fn page_data(exp: &Experiment, runs: &[RunSummary], current: Option<&Current
                 "name": r.name,
                 "label": r.label,
                 "swept": swept,
-                "status": s.status.cell(),
+                // (summary.csv's words are for other processes' runs; here it is this one's)
+                "status": if s.status == Status::Busy { "running".into() } else { s.status.cell() },
                 "state": state(&s.status),
                 "complete": s.status.is_complete(),
                 "final_total": t.map(|t| t.total),
@@ -103,9 +104,9 @@ pub fn script_safe(v: &Value) -> String {
     v.to_string().replace('<', "\\u003c")
 }
 
-/// The page for `data` (see [`page_data`]).
-pub fn render(exp: &Experiment, data: &Value) -> String {
-    let title = exp.name.replace('&', "&amp;").replace('<', "&lt;");
+/// The page of experiment `name` for `data` (see [`page_data`]).
+pub fn render(name: &str, data: &Value) -> String {
+    let title = name.replace('&', "&amp;").replace('<', "&lt;");
     TEMPLATE.replacen("<title>TITLE</title>", &format!("<title>{title} · gatys-rs</title>"), 1).replacen(
         ">DATA</script>",
         &format!(">{}</script>", script_safe(data)),
@@ -115,7 +116,7 @@ pub fn render(exp: &Experiment, data: &Value) -> String {
 
 /// Writes `exp_dir/index.html` for these runs.
 pub fn write_index(exp_dir: &Path, exp: &Experiment, runs: &[RunSummary]) -> Result<()> {
-    let page = render(exp, &page_data(exp, runs, None, ""));
+    let page = render(&exp.name, &page_data(exp, runs, None, ""));
     write_atomic(&exp_dir.join("index.html"), page.as_bytes())
 }
 

@@ -30,7 +30,7 @@ use crate::spec::PlannedRun;
 use crate::{Error, Result};
 
 pub use inputs::noise;
-pub use optimise::loss_columns;
+pub use optimise::{loss_columns, PREVIEW};
 pub use preflight::{preflight, Checked};
 
 /// What a run reports while it runs.
@@ -42,6 +42,11 @@ pub enum Progress {
         iterations: usize,
         /// The device, in words.
         device: String,
+    },
+    /// A new `preview.png` in the run's folder (with [`Session::preview_every`]).
+    Preview {
+        /// The step it shows.
+        iteration: usize,
     },
     /// One optimizer step done.
     Step {
@@ -76,6 +81,9 @@ pub struct Session {
     interrupt: Arc<AtomicBool>,
     /// Directory that relative image paths in the spec are resolved against first.
     pub spec_dir: Option<PathBuf>,
+    /// Write the current image as `preview.png` every this many steps (0: never), for the live
+    /// view; it is removed when the run ends.
+    pub preview_every: usize,
 }
 
 impl Session {
@@ -88,6 +96,7 @@ impl Session {
             identities: HashMap::new(),
             interrupt,
             spec_dir: None,
+            preview_every: 0,
         }
     }
 
@@ -309,6 +318,7 @@ fn execute_steps(
         crate::record::RecordHeader { id: &id, inputs: &inputs.named(), width: setup.width, height: setup.height };
     crate::record::write_run_record(dir, &header, summary)?;
     checkpoint::remove(dir);
+    let _ = std::fs::remove_file(dir.join(optimise::PREVIEW));
     Ok(status)
 }
 
@@ -339,8 +349,8 @@ fn optimise_stages<'n>(
         if k > 0 && carried.step > 0 {
             carried.seconds += t.elapsed().as_secs_f64();
         }
-        let (trace, next) =
-            optimise::optimise(&setup, p, stage, (carried, resume.take()), dir, id, &session.interrupt, progress)?;
+        let watch = (&*session.interrupt, session.preview_every);
+        let (trace, next) = optimise::optimise(&setup, p, stage, (carried, resume.take()), dir, id, watch, progress)?;
         if stages.len() > 1 {
             output::save_png(&setup.image(&trace.x)?, &dir.join(format!("scale_{k:02}.png")))?;
         }

@@ -323,7 +323,7 @@ pub(super) fn optimise(
     (carried, resume): (Carried, Option<checkpoint::Checkpoint>),
     dir: &Path,
     id: &str,
-    interrupt: &AtomicBool,
+    (interrupt, preview_every): (&AtomicBool, usize),
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Trace, Carried)> {
     let mut lp = Loop::start(setup, p, stage, carried, resume)?;
@@ -348,6 +348,10 @@ pub(super) fn optimise(
         if save_every > 0 && step % save_every == 0 && step < end {
             save_png(&setup.image(&lp.output()?)?, &dir.join(format!("snapshot_{step:05}.png")))?;
         }
+        if preview_every > 0 && step % preview_every == 0 && step < end {
+            save_preview(&setup.image(&lp.output()?)?, dir)?;
+            progress(Progress::Preview { iteration: step });
+        }
         if report.converged {
             break Stop::Converged;
         }
@@ -358,6 +362,22 @@ pub(super) fn optimise(
     };
     lp.finish(stop)
 }
+
+/// The image a watcher sees while the run goes on (`preview.png`, removed when the run ends):
+/// fast compression, written atomically.
+fn save_preview(img: &image::RgbImage, dir: &Path) -> Result<()> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
+    let path = dir.join(PREVIEW);
+    let mut bytes = Vec::new();
+    PngEncoder::new_with_quality(&mut bytes, CompressionType::Fast, FilterType::Sub)
+        .write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Run(format!("cannot encode {}: {e}", path.display())))?;
+    crate::fsutil::write_atomic(&path, &bytes)
+}
+
+/// The file name of a run's preview image.
+pub const PREVIEW: &str = "preview.png";
 
 /// Writes `output.png`, `losses.csv` and `loss.png` into `dir`; the output image.
 pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: &Trace) -> Result<image::RgbImage> {

@@ -11,5 +11,6 @@ mod fixture;
 mod optimizers;
 mod runner_e2e;
 mod scales;
+mod serve;
 mod specs;
 mod weights;

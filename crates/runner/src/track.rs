@@ -1,0 +1,211 @@
+//! What a sweep tells its watchers: the experiment's progress bar, which moves with the
+//! iterations of the current run, weighted by each run's work (pixels × iterations of every
+//! stage), so that its elapsed time and ETA are the whole experiment's; plain lines at most
+//! every 30 s without a terminal (CI, Slurm logs); and the live view's page document.
+//!
+//! Runs completed by an earlier invocation, and the part of a run a checkpoint already holds,
+//! are taken off the work to do rather than counted as done: the ETA after a resume measures
+//! only what remains.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use runner::record::{CurvePoint, RunSummary, Status};
+use runner::report::html::{page_data, Current};
+use runner::run::{Checked, Progress, PREVIEW};
+use runner::serve::LiveServer;
+use runner::spec::Experiment;
+
+/// Work units of a run: megapixel-iterations × 1000 over its stages.
+fn work(run: &runner::spec::PlannedRun, c: &Checked) -> u64 {
+    let stages = run.params.stages((c.width, c.height)).unwrap_or_default();
+    let mp_it: f64 = if stages.is_empty() {
+        f64::from(c.width) * f64::from(c.height) * run.params.optimizer.iterations.at(0) as f64
+    } else {
+        stages.iter().map(|s| f64::from(s.width) * f64::from(s.height) * s.iterations as f64).sum()
+    };
+    (mp_it / 1e3).ceil().max(1.0) as u64
+}
+
+/// The state of one sweep, for its bar, its log lines and its live view.
+pub struct Tracker<'a> {
+    exp: &'a Experiment,
+    work: Vec<u64>,
+    bar: ProgressBar,
+    multi: MultiProgress,
+    live: Option<LiveServer>,
+    runs: Vec<RunSummary>,
+    /// Work finished (or taken off) before the current run.
+    done: u64,
+    /// The current run: its index, planned steps, the step it started from and the last one.
+    current: Option<(usize, usize, Option<usize>, usize)>,
+    preview: bool,
+    last_total: f64,
+    last_publish: Instant,
+    last_line: Instant,
+}
+
+impl<'a> Tracker<'a> {
+    /// A tracker of the runs of `exp` (sizes from `checked`), publishing to `live` if given.
+    pub fn new(exp: &'a Experiment, checked: &[Checked], live: Option<LiveServer>) -> anyhow::Result<Self> {
+        let work: Vec<u64> = exp.runs.iter().zip(checked).map(|(r, c)| work(r, c)).collect();
+        let multi = MultiProgress::new();
+        let bar = multi.add(ProgressBar::new(work.iter().sum()));
+        bar.set_style(ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {msg}, {elapsed} elapsed, ETA {eta}")?);
+        bar.set_prefix(exp.name.clone());
+        let runs = exp.runs.iter().map(|r| RunSummary { status: Status::Pending, ..RunSummary::new(r) }).collect();
+        let past = Instant::now() - Duration::from_secs(3600);
+        let t = Self {
+            exp,
+            work,
+            bar,
+            multi,
+            live,
+            runs,
+            done: 0,
+            current: None,
+            preview: false,
+            last_total: f64::NAN,
+            last_publish: past,
+            last_line: Instant::now(),
+        };
+        t.message();
+        Ok(t)
+    }
+
+    /// The bars' container (run bars go under the experiment's).
+    pub fn multi(&self) -> &MultiProgress {
+        &self.multi
+    }
+
+    fn finished(&self) -> usize {
+        self.runs.iter().filter(|s| !matches!(s.status, Status::Pending | Status::Busy)).count()
+    }
+
+    fn message(&self) {
+        self.bar.set_message(format!("{}/{} runs", self.finished(), self.runs.len()));
+    }
+
+    /// Run `i` starts.
+    pub fn started(&mut self, i: usize) {
+        self.current = Some((i, 0, None, 0));
+        self.preview = false;
+        self.last_total = f64::NAN;
+        self.runs[i].status = Status::Busy;
+        self.runs[i].curve.clear();
+        self.publish(true);
+    }
+
+    /// An event of the current run.
+    pub fn progress(&mut self, p: &Progress) {
+        let Some((i, planned, first, _)) = self.current else { return };
+        match *p {
+            Progress::Started { iterations, .. } => self.current = Some((i, iterations, first, 0)),
+            Progress::Step { iteration, total, evals, seconds } => {
+                // A run continued from a checkpoint: what it had done is not this sweep's work.
+                let first = first.unwrap_or_else(|| {
+                    let before = iteration.saturating_sub(1);
+                    let part = self.part(i, before, planned);
+                    self.bar.set_length(self.bar.length().unwrap_or(0).saturating_sub(part));
+                    before
+                });
+                self.current = Some((i, planned, Some(first), iteration));
+                self.bar.set_position(self.done + self.part(i, iteration, planned) - self.part(i, first, planned));
+                self.last_total = total;
+                let s = &mut self.runs[i];
+                s.curve.push(CurvePoint { iteration: iteration as f64, total });
+                (s.iterations, s.evals, s.seconds) = (iteration, evals, seconds);
+                self.publish(false);
+                self.line();
+            }
+            Progress::Preview { .. } => {
+                self.preview = true;
+                self.publish(true);
+            }
+        }
+    }
+
+    /// The share of run `i`'s work in `steps` of its `planned` steps.
+    fn part(&self, i: usize, steps: usize, planned: usize) -> u64 {
+        if planned == 0 {
+            return 0;
+        }
+        (self.work[i] as f64 * steps.min(planned) as f64 / planned as f64) as u64
+    }
+
+    /// Run `i` ended with `s`.
+    pub fn ended(&mut self, i: usize, s: &RunSummary) {
+        let (planned, first, last) = match self.current {
+            Some((k, planned, first, last)) if k == i => (planned, first.unwrap_or(0), last),
+            _ => (0, 0, 0),
+        };
+        let done_now = if planned > 0 { self.part(i, last, planned) - self.part(i, first, planned) } else { 0 };
+        // What the run did not do here (done before, by another process, or left undone by a
+        // failure, an interruption or an early stop) is off the work to do.
+        // A run another process computes (or finishes) stays to do: this sweep comes back to it.
+        let taken_off = match s.status {
+            Status::Busy => 0,
+            _ => self.work[i].saturating_sub(self.part(i, first, planned) + done_now),
+        };
+        self.done += done_now;
+        self.bar.set_length(self.bar.length().unwrap_or(0).saturating_sub(taken_off));
+        self.bar.set_position(self.done);
+        let curve = std::mem::take(&mut self.runs[i].curve);
+        self.runs[i] = s.clone();
+        if self.runs[i].curve.is_empty() {
+            self.runs[i].curve = curve;
+        }
+        self.current = None;
+        self.message();
+        self.publish(true);
+    }
+
+    /// A plain line every 30 s when there is no terminal to draw bars on.
+    fn line(&mut self) {
+        if !self.multi.is_hidden() || self.last_line.elapsed() < Duration::from_secs(30) {
+            return;
+        }
+        self.last_line = Instant::now();
+        let Some((i, planned, _, it)) = self.current else { return };
+        eprintln!(
+            "{}: {}/{} runs; {} iteration {it}/{planned}, loss {:.4e}; {} elapsed, ETA {}",
+            self.exp.name,
+            self.finished(),
+            self.runs.len(),
+            self.runs[i].run.name,
+            self.last_total,
+            indicatif::HumanDuration(self.bar.elapsed()),
+            indicatif::HumanDuration(self.bar.eta()),
+        );
+    }
+
+    /// Sends the page document to the live view (at most 4 times a second unless `now`).
+    fn publish(&mut self, now: bool) {
+        let Some(live) = &self.live else { return };
+        if !now && self.last_publish.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.last_publish = Instant::now();
+        let current = self.current.map(|(i, planned, _, it)| Current {
+            name: self.runs[i].run.name.clone(),
+            iteration: it,
+            iterations: planned,
+            total: self.last_total,
+            image: self.preview.then(|| PREVIEW.to_string()),
+        });
+        let eta = format!(
+            "{}/{} runs, {} elapsed, ETA {}",
+            self.finished(),
+            self.runs.len(),
+            indicatif::HumanDuration(self.bar.elapsed()),
+            indicatif::HumanDuration(self.bar.eta())
+        );
+        live.publish(&page_data(self.exp, &self.runs, current.as_ref(), &eta));
+    }
+
+    /// Clears the bar; the live view gets the final state.
+    pub fn finish(mut self) {
+        self.bar.finish_and_clear();
+        self.publish(true);
+    }
+}
