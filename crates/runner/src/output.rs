@@ -53,6 +53,20 @@ pub struct Series {
     pub name: String,
     /// (x, y) points; non-positive y are skipped (log scale).
     pub points: Vec<(f64, f64)>,
+    /// Its colour; `None`: the next of the categorical palette.
+    pub color: Option<[u8; 3]>,
+}
+
+/// The viridis colour scale at `t` in 0 … 1 (dark purple to yellow), interpolated between five
+/// of its stops.
+pub fn viridis(t: f64) -> [u8; 3] {
+    const STOPS: [[f64; 3]; 5] =
+        [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
+    let x = t.clamp(0.0, 1.0) * 4.0;
+    let k = (x.floor() as usize).min(3);
+    let f = x - k as f64;
+    let c = |i: usize| (STOPS[k][i] + (STOPS[k + 1][i] - STOPS[k][i]) * f).round() as u8;
+    [c(0), c(1), c(2)]
 }
 
 /// A log-scale line plot of `series` against `x_label`, written as PNG.
@@ -82,6 +96,17 @@ pub fn plot_log_marked(
     save_png(&img, path)
 }
 
+/// The lowest value a log axis shows: what carries information, not a term's start at (nearly)
+/// zero. A tenth of the smallest final value of the series, and at most six decades under the
+/// largest value.
+fn log_floor(series: &[Series], y_max: f64) -> f64 {
+    let finals = series
+        .iter()
+        .filter_map(|s| s.points.iter().rev().map(|p| p.1).find(|y| *y > 0.0 && y.is_finite()))
+        .fold(f64::INFINITY, f64::min);
+    (finals / 10.0).min(y_max).max(y_max * 1e-6)
+}
+
 fn draw_log<DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
@@ -94,12 +119,14 @@ where
 {
     let pts = || series.iter().flat_map(|s| s.points.iter()).filter(|(_, y)| *y > 0.0 && y.is_finite());
     let x_max = pts().map(|p| p.0).fold(1.0f64, f64::max);
-    let y_min = pts().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let y_max = pts().map(|p| p.1).fold(0.0f64, f64::max);
+    let y_min = pts().map(|p| p.1).fold(f64::INFINITY, f64::min).max(log_floor(series, y_max));
     let (y_min, y_max) = if y_min.is_finite() && y_max > 0.0 { (y_min * 0.8, y_max * 1.25) } else { (1e-3, 1.0) };
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 18))
         .margin(12)
+        // Room for the last x label, centred on the right edge.
+        .margin_right(28)
         .x_label_area_size(36)
         .y_label_area_size(72)
         .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())?;
@@ -108,11 +135,14 @@ where
         .x_desc(x_label)
         .y_desc("loss (log)")
         .y_label_formatter(&|v| format!("{v:.1e}"))
+        .x_label_formatter(&|v| if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.1}") })
         .label_style(("sans-serif", 12))
         .draw()?;
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let data: Vec<(f64, f64)> = s.points.iter().copied().filter(|(_, y)| *y > 0.0 && y.is_finite()).collect();
+        let color = s.color.map_or(Palette99::pick(i).to_rgba(), |[r, g, b]| RGBColor(r, g, b).to_rgba());
+        // Values under the axis's floor are drawn on it.
+        let data: Vec<(f64, f64)> =
+            s.points.iter().filter(|(_, y)| *y > 0.0 && y.is_finite()).map(|&(x, y)| (x, y.max(y_min))).collect();
         chart
             .draw_series(LineSeries::new(data, color.stroke_width(2)))?
             .label(s.name.clone())
@@ -168,25 +198,46 @@ pub fn render_contact_sheet(items: &[(RgbImage, String)], columns: usize, cell: 
         let (ox, oy) = ((cell - thumb.width()) / 2, (cell_h - thumb.height()) / 2);
         image::imageops::overlay(&mut canvas, thumb, (x0 + ox) as i64, (y0 + oy) as i64);
     }
-    let mut buf = canvas.into_raw();
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        for (i, (_, label)) in items.iter().enumerate() {
-            let (x0, y0) = ((i % columns) as u32 * cw + pad, (i / columns) as u32 * ch + pad + cell_h + 4);
-            let size = if label.len() > 2 * cell as usize / 9 { 11 } else { 14 };
-            let max_chars = (cell as usize * 2) / size as usize;
-            for (line, text) in wrap(label, max_chars).iter().take(2).enumerate() {
-                root.draw(&Text::new(
-                    text.clone(),
-                    (x0 as i32, (y0 + line as u32 * (size + 2)) as i32),
-                    ("sans-serif", size).into_font().color(&BLACK),
-                ))
-                .map_err(|e| Error::Run(format!("cannot draw a contact sheet label: {e}")))?;
-            }
+    for (i, (_, label)) in items.iter().enumerate() {
+        let (x0, y0) = ((i % columns) as u32 * cw + pad, (i / columns) as u32 * ch + pad + cell_h + 4);
+        let size = if label.len() > 2 * cell as usize / 9 { 11 } else { 14 };
+        let max_chars = (cell as usize * 2) / size as usize;
+        for (line, text) in wrap(label, max_chars).iter().take(2).enumerate() {
+            draw_text(&mut canvas, text, (x0 as f32, (y0 + line as u32 * (size + 2)) as f32), size as f32);
         }
-        root.present().map_err(|e| Error::Run(format!("cannot draw a contact sheet: {e}")))?;
     }
-    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::Run("contact sheet buffer of the wrong size".into()))
+    Ok(canvas)
+}
+
+/// Draws `text` in black DejaVu Sans of `size` px with its top-left corner at `at`, each glyph
+/// placed by its advance, kerning and side bearing.
+pub fn draw_text(img: &mut RgbImage, text: &str, at: (f32, f32), size: f32) {
+    use ab_glyph::{point, Font, FontRef, ScaleFont};
+    let Ok(font) = FontRef::try_from_slice(dejavu::sans::regular()) else { return };
+    let scaled = font.as_scaled(size);
+    let mut pen = at.0;
+    let mut prev = None;
+    for c in text.chars() {
+        let id = scaled.glyph_id(c);
+        if let Some(p) = prev {
+            pen += scaled.kern(p, id);
+        }
+        prev = Some(id);
+        let glyph = id.with_scale_and_position(size, point(pen, at.1 + scaled.ascent()));
+        if let Some(outline) = font.outline_glyph(glyph) {
+            let b = outline.px_bounds();
+            outline.draw(|x, y, cover| {
+                let (px, py) = (b.min.x as i64 + i64::from(x), b.min.y as i64 + i64::from(y));
+                if px >= 0 && py >= 0 && (px as u32) < img.width() && (py as u32) < img.height() {
+                    let p = img.get_pixel_mut(px as u32, py as u32);
+                    for ch in &mut p.0 {
+                        *ch = (f32::from(*ch) * (1.0 - cover.min(1.0))).round() as u8;
+                    }
+                }
+            });
+        }
+        pen += scaled.h_advance(id);
+    }
 }
 
 fn fit(img: &RgbImage, cell: u32) -> RgbImage {
@@ -207,4 +258,24 @@ fn wrap(text: &str, max: usize) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Labels were drawn with each glyph at its ink's left edge (plotters' layout), so "1_"
+    /// showed a gap of several pixels: the underscore now follows the digit's advance.
+    #[test]
+    fn labels_have_no_gaps_between_glyphs() {
+        let mut img = RgbImage::from_pixel(80, 24, Rgb([255, 255, 255]));
+        draw_text(&mut img, "u1_2", (2.0, 2.0), 14.0);
+        let ink: Vec<bool> =
+            (0..img.width()).map(|x| (0..img.height()).any(|y| img.get_pixel(x, y)[0] < 160)).collect();
+        let first = ink.iter().position(|&i| i).unwrap();
+        let last = ink.iter().rposition(|&i| i).unwrap();
+        let widest_gap = ink[first..=last].split(|&i| i).map(<[bool]>::len).max().unwrap_or(0);
+        assert!(widest_gap <= 2, "a gap of {widest_gap} px inside the label: {ink:?}");
+        assert!(last - first > 20, "the label is drawn");
+    }
 }

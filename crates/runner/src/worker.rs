@@ -177,6 +177,10 @@ fn supervise(
     let _ = w.watcher.join();
     let _ = w.err_reader.join();
     let Some(end) = end else {
+        // Ctrl-C on a terminal reaches the run's process too; a second one ends it at once.
+        if interrupts.iter().any(|i| i.load(Ordering::SeqCst)) {
+            return Ok(Status::Interrupted);
+        }
         let words = w.last_words.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
         return Ok(Status::Failed(format!("the run's process died ({}): {words}", describe_exit(&exit))));
     };

@@ -237,7 +237,7 @@ pub fn build(results: &Path, docs: &Path, doc: &Document) -> Result<()> {
         let sheet = fig_dir.join(format!("{exp}.png"));
         crate::fsutil::write_atomic(&sheet, &sheet_png(&sheet, &items, columns.max(1))?)?;
         let series: Vec<Series> =
-            rows.iter().map(|r| Series { name: r.label.clone(), points: r.curve.clone() }).collect();
+            rows.iter().map(|r| Series { name: r.label.clone(), points: r.curve.clone(), color: None }).collect();
         plot_log(
             &fig_dir.join(format!("{exp}_curves.png")),
             &format!("{exp}: total loss"),

@@ -54,6 +54,24 @@ pub fn summary_columns(exp: &Experiment) -> Vec<String> {
     h
 }
 
+/// When one numeric parameter is swept, each run's colour on the sequential viridis scale by its
+/// value (smallest dark purple, largest yellow), so that curves read in the order of the sweep;
+/// `None` (the categorical palette) otherwise.
+fn sweep_shades(exp: &Experiment, runs: &[RunSummary]) -> Vec<Option<[u8; 3]>> {
+    let [key] = exp.varying_keys.as_slice() else { return vec![None; runs.len()] };
+    let values: Option<Vec<f64>> = runs.iter().map(|s| param_label(&s.run, key).parse::<f64>().ok()).collect();
+    let Some(values) = values.filter(|v| v.len() > 1) else { return vec![None; runs.len()] };
+    // Ranks, so that log-spaced sweeps (1e3 … 1e6) spread over the scale too.
+    let mut sorted = values.clone();
+    sorted.sort_by(f64::total_cmp);
+    sorted.dedup();
+    let top = (sorted.len() - 1).max(1) as f64;
+    values
+        .iter()
+        .map(|v| Some(crate::output::viridis(sorted.iter().position(|x| x == v).unwrap_or(0) as f64 / top)))
+        .collect()
+}
+
 /// Writes `summary.csv`, `grid.png` and `curves.png` of an experiment.
 pub fn write_experiment_outputs(exp_dir: &Path, exp: &Experiment, runs: &[RunSummary]) -> Result<()> {
     let rows: Vec<Vec<String>> = runs
@@ -97,13 +115,22 @@ pub fn write_experiment_outputs(exp_dir: &Path, exp: &Experiment, runs: &[RunSum
         };
         contact_sheet(&exp_dir.join("grid.png"), &items, columns, 256)?;
     }
+    let shades = sweep_shades(exp, runs);
     let series: Vec<Series> = runs
         .iter()
-        .filter(|s| !s.curve.is_empty())
-        .map(|s| Series { name: s.run.label.clone(), points: s.curve.iter().map(|p| (p.iteration, p.total)).collect() })
+        .zip(&shades)
+        .filter(|(s, _)| !s.curve.is_empty())
+        .map(|(s, shade)| Series {
+            name: s.run.label.clone(),
+            points: s.curve.iter().map(|p| (p.iteration, p.total)).collect(),
+            color: *shade,
+        })
         .collect();
     if !series.is_empty() {
-        plot_log(&exp_dir.join("curves.png"), &format!("{}: total loss", exp.name), "iteration", &series, (800, 500))?;
+        let swept =
+            if exp.varying_keys.is_empty() { String::new() } else { format!(" by {}", exp.varying_keys.join(", ")) };
+        let title = format!("{}: total loss{swept} ({} runs)", exp.name, series.len());
+        plot_log(&exp_dir.join("curves.png"), &title, "iteration", &series, (800, 500))?;
     }
     html::write_index(exp_dir, exp, runs)
 }

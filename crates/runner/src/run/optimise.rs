@@ -387,15 +387,20 @@ pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: 
     write_losses(&dir.join("losses.csv"), p, &trace.rows)?;
     let o = &p.objective;
     let weighted = |f: &dyn Fn(&Terms) -> f64| trace.rows.iter().map(|r| (r.iteration as f64, f(&r.terms))).collect();
-    let mut series = vec![Series { name: "total".into(), points: weighted(&|t| t.total) }];
+    let mut series = vec![Series { name: "total".into(), points: weighted(&|t| t.total), color: None }];
     if !o.content_layers.0.is_empty() {
-        series.push(Series { name: "α·content".into(), points: weighted(&|t| o.content_weight.0 * t.content) });
+        series.push(Series {
+            name: "α·content".into(),
+            points: weighted(&|t| o.content_weight.0 * t.content),
+            color: None,
+        });
     }
     if !o.style_layers.0.is_empty() {
-        series.push(Series { name: "β·style".into(), points: weighted(&|t| o.style_weight.0 * t.style) });
+        series
+            .push(Series { name: "β·style".into(), points: weighted(&|t| o.style_weight.0 * t.style), color: None });
     }
     if o.tv_weight.0 > 0.0 {
-        series.push(Series { name: "tv".into(), points: weighted(&|t| o.tv_weight.0 * t.tv) });
+        series.push(Series { name: "tv".into(), points: weighted(&|t| o.tv_weight.0 * t.tv), color: None });
     }
     // A dashed line where each stage after the first starts (the losses jump with the size).
     let marks: Vec<(f64, String)> = trace
@@ -404,8 +409,25 @@ pub(super) fn write_outputs(dir: &Path, run: &PlannedRun, setup: &Setup, trace: 
         .filter(|w| w[1].scale != w[0].scale)
         .map(|w| (w[1].iteration as f64, format!("{} px", w[1].scale)))
         .collect();
-    plot_log_marked(&dir.join("loss.png"), &run.label, "iteration", &series, &marks, (640, 400))?;
+    plot_log_marked(&dir.join("loss.png"), &plot_title(dir, run, setup), "iteration", &series, &marks, (640, 400))?;
     Ok(image)
+}
+
+/// A run plot's title: the experiment (its folder), the run and what sets the curve's scale.
+fn plot_title(dir: &Path, run: &PlannedRun, setup: &Setup) -> String {
+    use crate::params::Choice;
+    use crate::spec::format_float;
+    let p = &run.params;
+    let exp = dir.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    format!(
+        "{exp} · {}: {}×{} px, {}, α {} β {}",
+        if run.label.is_empty() { &run.name } else { &run.label },
+        setup.width,
+        setup.height,
+        p.optimizer.optimizer.name(),
+        format_float(p.objective.content_weight.0),
+        format_float(p.objective.style_weight.0),
+    )
 }
 
 /// The column names of `losses.csv`.
