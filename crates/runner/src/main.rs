@@ -372,9 +372,7 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
 fn serve(addr: &str, exp: &Experiment, exp_dir: &Path) -> anyhow::Result<runner::serve::LiveServer> {
     let addr = runner::serve::parse_addr(addr).context("--serve")?;
     std::fs::create_dir_all(exp_dir).with_context(|| exp_dir.display().to_string())?;
-    let pending: Vec<RunSummary> =
-        exp.runs.iter().map(|r| RunSummary { status: Status::Pending, ..RunSummary::new(r) }).collect();
-    let first = runner::report::html::page_data(exp, &pending, None, "");
+    let first = runner::report::html::initial_data(exp);
     let live = runner::serve::LiveServer::start(addr, exp_dir.to_path_buf(), &exp.name, &first)
         .context("--serve: starting the live view")?;
     let bound = live.addr();

@@ -53,7 +53,7 @@ impl<'a> Tracker<'a> {
         let bar = multi.add(ProgressBar::new(work.iter().sum()));
         bar.set_style(ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {msg}, {elapsed} elapsed, ETA {eta}")?);
         bar.set_prefix(exp.name.clone());
-        let runs = exp.runs.iter().map(|r| RunSummary { status: Status::Pending, ..RunSummary::new(r) }).collect();
+        let runs = runner::report::html::pending(exp);
         let past = Instant::now() - Duration::from_secs(3600);
         let t = Self {
             exp,

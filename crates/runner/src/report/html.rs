@@ -104,14 +104,29 @@ pub fn script_safe(v: &Value) -> String {
     v.to_string().replace('<', "\\u003c")
 }
 
+/// Text for HTML content and quoted attributes.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 /// The page of experiment `name` for `data` (see [`page_data`]).
 pub fn render(name: &str, data: &Value) -> String {
-    let title = name.replace('&', "&amp;").replace('<', "&lt;");
+    let title = escape(name);
     TEMPLATE.replacen("<title>TITLE</title>", &format!("<title>{title} · gatys-rs</title>"), 1).replacen(
         ">DATA</script>",
         &format!(">{}</script>", script_safe(data)),
         1,
     )
+}
+
+/// The page document of `exp` before any run started (every run `not run`).
+pub fn initial_data(exp: &Experiment) -> Value {
+    page_data(exp, &pending(exp), None, "")
+}
+
+/// A summary per run of `exp`, none started.
+pub fn pending(exp: &Experiment) -> Vec<RunSummary> {
+    exp.runs.iter().map(|r| RunSummary { status: Status::Pending, ..RunSummary::new(r) }).collect()
 }
 
 /// Writes `exp_dir/index.html` for these runs.
@@ -140,7 +155,7 @@ pub fn write_results_index(results: &Path) -> Result<usize> {
                 done += usize::from(status.and_then(|k| rec.get(k)) == Some("ok"));
             }
         }
-        let esc = name.replace('&', "&amp;").replace('<', "&lt;").replace('"', "&quot;");
+        let esc = escape(&name);
         rows += &format!(
             "<tr><td><a href=\"{}/index.html\">{esc}</a></td><td class=\"num\">{done} of {all} ok</td></tr>\n",
             esc.replace('%', "%25").replace('#', "%23").replace('?', "%3F")
