@@ -27,6 +27,23 @@ fn work(run: &runner::spec::PlannedRun, c: &Checked) -> u64 {
     (mp_it / 1e3).ceil().max(1.0) as u64
 }
 
+/// The run under way.
+#[derive(Clone, Copy)]
+struct Running {
+    /// Its index in the plan.
+    index: usize,
+    /// Its planned steps (0 until it says).
+    planned: usize,
+    /// The step it started from in this sweep (after a checkpoint's), once known.
+    first: Option<usize>,
+    /// The last step made.
+    last: usize,
+    /// The objective at that step.
+    total: f64,
+    /// Whether it has written a preview image.
+    preview: bool,
+}
+
 /// The state of one sweep, for its bar, its log lines and its live view.
 pub struct Tracker<'a> {
     exp: &'a Experiment,
@@ -37,10 +54,8 @@ pub struct Tracker<'a> {
     runs: Vec<RunSummary>,
     /// Work finished (or taken off) before the current run.
     done: u64,
-    /// The current run: its index, planned steps, the step it started from and the last one.
-    current: Option<(usize, usize, Option<usize>, usize)>,
-    preview: bool,
-    last_total: f64,
+    /// The run under way.
+    current: Option<Running>,
     last_publish: Instant,
     last_line: Instant,
 }
@@ -64,8 +79,6 @@ impl<'a> Tracker<'a> {
             runs,
             done: 0,
             current: None,
-            preview: false,
-            last_total: f64::NAN,
             last_publish: past,
             last_line: Instant::now(),
         };
@@ -88,9 +101,7 @@ impl<'a> Tracker<'a> {
 
     /// Run `i` starts.
     pub fn started(&mut self, i: usize) {
-        self.current = Some((i, 0, None, 0));
-        self.preview = false;
-        self.last_total = f64::NAN;
+        self.current = Some(Running { index: i, planned: 0, first: None, last: 0, total: f64::NAN, preview: false });
         self.runs[i].status = Status::Busy;
         self.runs[i].curve.clear();
         self.publish(true);
@@ -98,20 +109,24 @@ impl<'a> Tracker<'a> {
 
     /// An event of the current run.
     pub fn progress(&mut self, p: &Progress) {
-        let Some((i, planned, first, _)) = self.current else { return };
+        let Some(mut cur) = self.current else { return };
+        let (i, planned) = (cur.index, cur.planned);
         match *p {
-            Progress::Started { iterations, .. } => self.current = Some((i, iterations, first, 0)),
+            Progress::Started { iterations, .. } => {
+                cur.planned = iterations;
+                self.current = Some(cur);
+            }
             Progress::Step { iteration, total, evals, seconds } => {
                 // A run continued from a checkpoint: what it had done is not this sweep's work.
-                let first = first.unwrap_or_else(|| {
+                let first = cur.first.unwrap_or_else(|| {
                     let before = iteration.saturating_sub(1);
                     let part = self.part(i, before, planned);
                     self.bar.set_length(self.bar.length().unwrap_or(0).saturating_sub(part));
                     before
                 });
-                self.current = Some((i, planned, Some(first), iteration));
+                (cur.first, cur.last, cur.total) = (Some(first), iteration, total);
+                self.current = Some(cur);
                 self.bar.set_position(self.done + self.part(i, iteration, planned) - self.part(i, first, planned));
-                self.last_total = total;
                 let s = &mut self.runs[i];
                 s.curve.push(CurvePoint { iteration: iteration as f64, total });
                 (s.iterations, s.evals, s.seconds) = (iteration, evals, seconds);
@@ -119,7 +134,8 @@ impl<'a> Tracker<'a> {
                 self.line();
             }
             Progress::Preview { .. } => {
-                self.preview = true;
+                cur.preview = true;
+                self.current = Some(cur);
                 self.publish(true);
             }
         }
@@ -136,13 +152,13 @@ impl<'a> Tracker<'a> {
     /// Run `i` ended with `s`.
     pub fn ended(&mut self, i: usize, s: &RunSummary) {
         let (planned, first, last) = match self.current {
-            Some((k, planned, first, last)) if k == i => (planned, first.unwrap_or(0), last),
+            Some(c) if c.index == i => (c.planned, c.first.unwrap_or(0), c.last),
             _ => (0, 0, 0),
         };
         let done_now = if planned > 0 { self.part(i, last, planned) - self.part(i, first, planned) } else { 0 };
-        // What the run did not do here (done before, by another process, or left undone by a
-        // failure, an interruption or an early stop) is off the work to do.
-        // A run another process computes (or finishes) stays to do: this sweep comes back to it.
+        // What the run did not do here (done before, left undone by a failure, an interruption
+        // or an early stop) is off the work to do; a run another process computes (or
+        // finishes) stays to do: this sweep comes back to it.
         let taken_off = match s.status {
             Status::Busy => 0,
             _ => self.work[i].saturating_sub(self.part(i, first, planned) + done_now),
@@ -166,14 +182,16 @@ impl<'a> Tracker<'a> {
             return;
         }
         self.last_line = Instant::now();
-        let Some((i, planned, _, it)) = self.current else { return };
+        let Some(c) = self.current else { return };
         eprintln!(
-            "{}: {}/{} runs; {} iteration {it}/{planned}, loss {:.4e}; {} elapsed, ETA {}",
+            "{}: {}/{} runs; {} iteration {}/{}, loss {:.4e}; {} elapsed, ETA {}",
             self.exp.name,
             self.finished(),
             self.runs.len(),
-            self.runs[i].run.name,
-            self.last_total,
+            self.runs[c.index].run.name,
+            c.last,
+            c.planned,
+            c.total,
             indicatif::HumanDuration(self.bar.elapsed()),
             indicatif::HumanDuration(self.bar.eta()),
         );
@@ -186,12 +204,12 @@ impl<'a> Tracker<'a> {
             return;
         }
         self.last_publish = Instant::now();
-        let current = self.current.map(|(i, planned, _, it)| Current {
-            name: self.runs[i].run.name.clone(),
-            iteration: it,
-            iterations: planned,
-            total: self.last_total,
-            image: self.preview.then(|| PREVIEW.to_string()),
+        let current = self.current.map(|c| Current {
+            name: self.runs[c.index].run.name.clone(),
+            iteration: c.last,
+            iterations: c.planned,
+            total: c.total,
+            image: c.preview.then(|| PREVIEW.to_string()),
         });
         let eta = format!(
             "{}/{} runs, {} elapsed, ETA {}",
