@@ -11,6 +11,9 @@ pub enum Error {
     /// An error of the network.
     #[error(transparent)]
     Vgg(#[from] vgg::Error),
+    /// A network pass made elsewhere ([`crate::NetworkPass`]: a batch of runs) failed.
+    #[error("the network pass failed")]
+    Pass(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// An error of the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

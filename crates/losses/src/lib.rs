@@ -23,6 +23,8 @@ mod terms;
 
 pub use error::{Error, Result};
 pub use form::LossForm;
-pub use objective::{guide_at, Evaluation, Objective, ObjectiveConfig, StyleImage, StyleRegion, Targets, Terms};
+pub use objective::{
+    guide_at, Evaluation, NetworkPass, Objective, ObjectiveConfig, StyleImage, StyleRegion, Targets, Terms,
+};
 pub use style::{style_term, Moments, StyleLoss, StyleTarget, MIN_MASS};
 pub use terms::{content_loss, gram, style_loss, tv_loss};

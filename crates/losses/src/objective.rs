@@ -232,6 +232,36 @@ pub struct Evaluation {
     pub grad: Tensor,
 }
 
+/// The two passes through the network an evaluation makes: forward to the layers the objective
+/// reads, then backward from the gradients at those layers to the image.
+pub trait NetworkPass {
+    /// The activations of `layers` at `x` (`(1, 3, H, W)`), each `(1, C, H_l, W_l)`, keeping
+    /// what [`NetworkPass::backward`] needs.
+    fn forward(&mut self, x: &Tensor, layers: &[Layer]) -> Result<Features>;
+    /// The gradient at the image of the last forward pass (`(1, 3, H, W)`) of
+    /// `Σ_l ⟨grads[l], features[l]⟩` ([`Vgg19::backward`]).
+    fn backward(&mut self, grads: BTreeMap<Layer, Tensor>) -> Result<Tensor>;
+}
+
+/// The objective's own network, one image at a time.
+struct OwnPass<'v> {
+    vgg: &'v Vgg19,
+    tape: Option<vgg::Tape>,
+}
+
+impl NetworkPass for OwnPass<'_> {
+    fn forward(&mut self, x: &Tensor, layers: &[Layer]) -> Result<Features> {
+        let (features, tape) = self.vgg.forward_tape(x, layers)?;
+        self.tape = Some(tape);
+        Ok(features)
+    }
+
+    fn backward(&mut self, grads: BTreeMap<Layer, Tensor>) -> Result<Tensor> {
+        let tape = self.tape.take().ok_or_else(|| Error::Config("a backward pass without a forward pass".into()))?;
+        Ok(self.vgg.backward(&tape, grads)?)
+    }
+}
+
 /// The Gatys et al. objective over one network and one set of targets.
 pub struct Objective<'a> {
     vgg: &'a Vgg19,
@@ -267,11 +297,27 @@ impl<'a> Objective<'a> {
         &self.config
     }
 
+    /// The network this objective reads.
+    pub fn vgg(&self) -> &'a Vgg19 {
+        self.vgg
+    }
+
+    /// The layers whose activations the objective reads, in network order.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
     /// The value and the gradient at `x`, `(1, 3, H, W)`, preprocessed.
     pub fn evaluate(&self, x: &Tensor) -> Result<Evaluation> {
-        let (features, tape) = self.vgg.forward_tape(x, &self.layers)?;
+        self.evaluate_through(x, &mut OwnPass { vgg: self.vgg, tape: None })
+    }
+
+    /// [`Objective::evaluate`] with the network's passes made by `pass` (which must compute
+    /// what [`Objective::vgg`] would: a batch of several runs' images, for instance).
+    pub fn evaluate_through(&self, x: &Tensor, pass: &mut dyn NetworkPass) -> Result<Evaluation> {
+        let features = pass.forward(x, &self.layers)?;
         let (values, grads) = self.losses(features, true)?;
-        let mut grad = if grads.is_empty() { x.zeros_like()? } else { self.vgg.backward(&tape, grads)? };
+        let mut grad = if grads.is_empty() { x.zeros_like()? } else { pass.backward(grads)? };
         let mut values = values;
         if self.config.tv_weight != 0.0 {
             let (v, g) = tv_loss(x)?;

@@ -20,6 +20,34 @@ pub struct CommonArgs {
     pub force: bool,
 }
 
+/// How many runs `--batch` evaluates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchWidth {
+    /// As many as the memory plan allows, at most [`BatchWidth::AUTO_MAX`].
+    Auto,
+    /// This many (at least 1).
+    Runs(usize),
+}
+
+impl BatchWidth {
+    /// The most runs `auto` puts in one batch.
+    pub const AUTO_MAX: usize = 16;
+}
+
+impl std::str::FromStr for BatchWidth {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => match s.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Self::Runs(n)),
+                _ => Err(format!("`{s}` is neither a number of runs (1 or more) nor `auto`")),
+            },
+        }
+    }
+}
+
 /// `runner transfer CONTENT STYLE [STYLE…] -o OUT [--PARAM VALUE…]`.
 pub struct TransferArgs {
     content: String,

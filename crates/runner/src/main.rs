@@ -119,6 +119,12 @@ struct RunArgs {
     /// over); waits for runs other workers hold. See docs/cluster.md.
     #[arg(long, conflicts_with_all = ["shard", "in_process", "force"])]
     claim: bool,
+    /// Evaluate up to N runs together as one batch, in this process (`auto`: as many as the memory
+    /// plan allows, at most 16): each run keeps its own image, targets, optimizer and stopping;
+    /// runs of one size share each network pass. For many small runs on a GPU. See
+    /// docs/performance.md, "Batched sweeps".
+    #[arg(long, value_name = "N|auto", conflicts_with = "claim")]
+    batch: Option<cli::BatchWidth>,
     /// Print the names of the plan's runs (after --only and --shard), one a line, and stop.
     #[arg(long)]
     list: bool,
@@ -349,7 +355,8 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     }
     let track = track::Tracker::new(&exp, &checked, live)?;
     install_ctrl_c(interrupt.clone())?;
-    let mode = RunMode { force: a.common.force, isolated: !a.in_process, interrupt: interrupt.clone() };
+    let batch = batch_width(a.batch, &exp, &checked);
+    let mode = RunMode { force: a.common.force, isolated: !a.in_process, interrupt: interrupt.clone(), batch };
     let stale_after = Duration::from_secs(a.plan.claim_stale);
     let shared = a.claim || a.shard.is_some();
     let summaries = if a.claim {
@@ -366,6 +373,31 @@ fn run_spec(a: RunArgs, assets: Assets) -> anyhow::Result<ExitCode> {
         print_missing(&plan, &c);
     }
     Ok(code)
+}
+
+/// The runs a batch holds (1: no batching): `--batch N`, or for `auto` the memory plan's width
+/// for the runs' estimates against the host's available memory (on a GPU, whose memory the
+/// plan does not model, at most [`cli::BatchWidth::AUTO_MAX`]: a batch that does not fit is
+/// evaluated image by image).
+fn batch_width(flag: Option<cli::BatchWidth>, exp: &Experiment, checked: &[runner::run::Checked]) -> usize {
+    let runs = exp.runs.len().max(1);
+    let width = match flag {
+        None => return 1,
+        Some(cli::BatchWidth::Runs(n)) => n.min(runs),
+        Some(cli::BatchWidth::Auto) => {
+            use runner::params::DeviceChoice;
+            let on_cpu = exp.runs.iter().all(|r| match r.params.output.device {
+                DeviceChoice::Cpu => true,
+                DeviceChoice::Auto => !cfg!(feature = "cuda"),
+                DeviceChoice::Cuda(_) => false,
+            });
+            let available = if on_cpu { runner::run::memory::available_mib() } else { None };
+            let estimates: Vec<_> = checked.iter().map(|c| c.memory.clone()).collect();
+            runner::run::memory::batch_width(&estimates, available, cli::BatchWidth::AUTO_MAX.min(runs))
+        }
+    };
+    eprintln!("batch: up to {width} runs evaluated together, in this process");
+    width
 }
 
 /// Starts the live view of `exp` on `addr` and says where it is.
@@ -486,7 +518,7 @@ fn transfer(t: cli::TransferArgs, assets: Assets) -> anyhow::Result<ExitCode> {
     let mut session = session;
     install_ctrl_c(interrupt.clone())?;
     // One run: in this process (nothing else to protect).
-    let mode = RunMode { force: t.common.force, isolated: false, interrupt: interrupt.clone() };
+    let mode = RunMode { force: t.common.force, isolated: false, interrupt: interrupt.clone(), batch: 1 };
     let track = track::Tracker::new(&exp, &checked, None)?;
     let summaries = sweep::run_all(&mut session, &exp, Outputs::None, &mode, |_| run_dir.clone(), track)?;
     if summaries.iter().all(|s| s.status.is_complete()) {

@@ -14,7 +14,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use runner::cluster::claim::{self, Attempt};
 use runner::cluster::collect;
 use runner::record::{RunSummary, Status};
-use runner::run::{execute, Policy, Progress, Session};
+use runner::run::{execute, execute_batched, BatchEvent, Job, Policy, Progress, Session};
 use runner::spec::{Experiment, PlannedRun};
 
 use crate::track::Tracker;
@@ -28,6 +28,8 @@ pub struct RunMode {
     pub isolated: bool,
     /// Set by Ctrl-C.
     pub interrupt: Arc<AtomicBool>,
+    /// Runs evaluated together as one batch, in this process (1: one run at a time).
+    pub batch: usize,
 }
 
 /// Where the experiment's outputs are made from.
@@ -107,6 +109,16 @@ pub fn run_all(
     let passes = [Policy { force: mode.force, wait: false }, Policy { force: false, wait: true }];
     for (pass, policy) in passes.into_iter().enumerate() {
         let todo: Vec<usize> = if pass == 0 { (0..exp.runs.len()).collect() } else { std::mem::take(&mut busy) };
+        if pass == 0 && mode.batch > 1 {
+            let jobs: Vec<Job> = todo.iter().map(|&i| (i, &exp.runs[i], dir_of(&exp.runs[i]))).collect();
+            let stop =
+                run_batched(session, exp, (&jobs, policy), mode.batch, outputs, &mut summaries, &mut busy, &mut track);
+            if stop {
+                track.finish();
+                return Ok(summaries);
+            }
+            continue;
+        }
         for i in todo {
             let run = &exp.runs[i];
             let dir = dir_of(run);
@@ -231,26 +243,10 @@ fn run_one(
 ) -> anyhow::Result<RunSummary> {
     track.started(i);
     let multi = track.multi().clone();
-    let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.at(0) as u64));
-    bar.set_style(ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}")?);
-    bar.set_prefix(run.name.clone());
-    bar.enable_steady_tick(Duration::from_millis(500));
-    if policy.wait {
-        bar.set_message("waiting for the process computing it");
-    }
+    let bar = run_bar(&multi, run, policy);
     let mut on_progress = |p: Progress| {
-        match &p {
-            Progress::Started { iterations, device } => {
-                bar.set_length(*iterations as u64);
-                bar.set_message(device.clone());
-            }
-            Progress::Step { iteration, evals, total, seconds } => {
-                bar.set_position(*iteration as u64);
-                bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / *iteration as f64));
-            }
-            Progress::Preview { .. } => {}
-        }
-        track.progress(&p);
+        show(&bar, &p);
+        track.progress(i, &p);
     };
     let s = if mode.isolated {
         let mut interrupts = vec![mode.interrupt.clone()];
@@ -263,6 +259,96 @@ fn run_one(
     say(&multi, status_line(&s));
     track.ended(i, &s);
     Ok(s)
+}
+
+/// A run's progress bar, under the experiment's.
+fn run_bar(multi: &MultiProgress, run: &PlannedRun, policy: Policy) -> ProgressBar {
+    let bar = multi.add(ProgressBar::new(run.params.optimizer.iterations.at(0) as u64));
+    if let Ok(style) = ProgressStyle::with_template("  {prefix} [{bar:30}] {pos}/{len} it  {msg}  ETA {eta}") {
+        bar.set_style(style);
+    }
+    bar.set_prefix(run.name.clone());
+    bar.enable_steady_tick(Duration::from_millis(500));
+    if policy.wait {
+        bar.set_message("waiting for the process computing it");
+    }
+    bar
+}
+
+/// A run's event on its bar.
+fn show(bar: &ProgressBar, p: &Progress) {
+    match p {
+        Progress::Started { iterations, device } => {
+            bar.set_length(*iterations as u64);
+            bar.set_message(device.clone());
+        }
+        Progress::Step { iteration, evals, total, seconds } => {
+            bar.set_position(*iteration as u64);
+            bar.set_message(format!("loss {total:.4e}  {:.2} s/it  {evals} evals", seconds / *iteration as f64));
+        }
+        Progress::Preview { .. } => {}
+    }
+}
+
+/// The runs `jobs` of `exp` evaluated as batches of up to `width` runs in this process
+/// ([`runner::run::execute_batched`]), with a bar per run in flight; each run's outcome is
+/// recorded and the experiment's outputs rewritten as it ends. Runs another process holds go
+/// to `busy`. Returns whether Ctrl-C stopped the sweep.
+#[allow(clippy::too_many_arguments)]
+fn run_batched(
+    session: &mut Session,
+    exp: &Experiment,
+    (jobs, policy): (&[Job], Policy),
+    width: usize,
+    outputs: Outputs,
+    summaries: &mut Vec<RunSummary>,
+    busy: &mut Vec<usize>,
+    track: &mut Tracker,
+) -> bool {
+    let multi = track.multi().clone();
+    let mut bars: Vec<Option<ProgressBar>> = vec![None; exp.runs.len()];
+    let mut stopped = false;
+    let stats = execute_batched(session, jobs, policy, width, &mut |session, event| match event {
+        BatchEvent::Started(i) => {
+            track.started(i);
+            bars[i] = Some(run_bar(&multi, &exp.runs[i], policy));
+        }
+        BatchEvent::Progress(i, p) => {
+            if let Some(bar) = &bars[i] {
+                show(bar, &p);
+            }
+            track.progress(i, &p);
+        }
+        BatchEvent::Ended(i, s) => {
+            if let Some(bar) = bars[i].take() {
+                bar.finish_and_clear();
+            }
+            say(&multi, status_line(&s));
+            track.ended(i, &s);
+            stopped |= s.status == Status::Interrupted;
+            if s.status == Status::Busy {
+                busy.push(i);
+            }
+            if let Some((_, _, dir)) = jobs.iter().find(|j| j.0 == i) {
+                note_outcome(session, &s, dir);
+            }
+            record(summaries, *s);
+            write_outputs(session, exp, summaries, outputs);
+        }
+    });
+    if stats.passes > 0 {
+        say(
+            &multi,
+            format!(
+                "batched  {} evaluations in {} network passes ({:.1} images a pass on average, at most {})",
+                stats.images,
+                stats.passes,
+                stats.images as f64 / stats.passes as f64,
+                stats.largest
+            ),
+        );
+    }
+    stopped
 }
 
 fn status_line(s: &RunSummary) -> String {

@@ -52,10 +52,10 @@ pub struct Tracker<'a> {
     multi: MultiProgress,
     live: Option<LiveServer>,
     runs: Vec<RunSummary>,
-    /// Work finished (or taken off) before the current run.
+    /// Work finished (or taken off) by runs that ended.
     done: u64,
-    /// The run under way.
-    current: Option<Running>,
+    /// The runs under way (several with a batch), in the order they started.
+    running: Vec<Running>,
     last_publish: Instant,
     last_line: Instant,
 }
@@ -78,7 +78,7 @@ impl<'a> Tracker<'a> {
             live,
             runs,
             done: 0,
-            current: None,
+            running: Vec::new(),
             last_publish: past,
             last_line: Instant::now(),
         };
@@ -101,20 +101,30 @@ impl<'a> Tracker<'a> {
 
     /// Run `i` starts.
     pub fn started(&mut self, i: usize) {
-        self.current = Some(Running { index: i, planned: 0, first: None, last: 0, total: f64::NAN, preview: false });
+        self.running.retain(|r| r.index != i);
+        self.running.push(Running { index: i, planned: 0, first: None, last: 0, total: f64::NAN, preview: false });
         self.runs[i].status = Status::Busy;
         self.runs[i].curve.clear();
         self.publish(true);
     }
 
-    /// An event of the current run.
-    pub fn progress(&mut self, p: &Progress) {
-        let Some(mut cur) = self.current else { return };
-        let (i, planned) = (cur.index, cur.planned);
+    /// The work runs under way have done in this sweep.
+    fn under_way(&self) -> u64 {
+        self.running
+            .iter()
+            .map(|r| self.part(r.index, r.last, r.planned) - self.part(r.index, r.first.unwrap_or(0), r.planned))
+            .sum()
+    }
+
+    /// An event of run `i`.
+    pub fn progress(&mut self, i: usize, p: &Progress) {
+        let Some(k) = self.running.iter().position(|r| r.index == i) else { return };
+        let mut cur = self.running[k];
+        let planned = cur.planned;
         match *p {
             Progress::Started { iterations, .. } => {
                 cur.planned = iterations;
-                self.current = Some(cur);
+                self.running[k] = cur;
             }
             Progress::Step { iteration, total, evals, seconds } => {
                 // A run continued from a checkpoint: what it had done is not this sweep's work.
@@ -125,8 +135,8 @@ impl<'a> Tracker<'a> {
                     before
                 });
                 (cur.first, cur.last, cur.total) = (Some(first), iteration, total);
-                self.current = Some(cur);
-                self.bar.set_position(self.done + self.part(i, iteration, planned) - self.part(i, first, planned));
+                self.running[k] = cur;
+                self.bar.set_position(self.done + self.under_way());
                 let s = &mut self.runs[i];
                 s.curve.push(CurvePoint { iteration: iteration as f64, total });
                 (s.iterations, s.evals, s.seconds) = (iteration, evals, seconds);
@@ -135,7 +145,7 @@ impl<'a> Tracker<'a> {
             }
             Progress::Preview { .. } => {
                 cur.preview = true;
-                self.current = Some(cur);
+                self.running[k] = cur;
                 self.publish(true);
             }
         }
@@ -151,9 +161,12 @@ impl<'a> Tracker<'a> {
 
     /// Run `i` ended with `s`.
     pub fn ended(&mut self, i: usize, s: &RunSummary) {
-        let (planned, first, last) = match self.current {
-            Some(c) if c.index == i => (c.planned, c.first.unwrap_or(0), c.last),
-            _ => (0, 0, 0),
+        let (planned, first, last) = match self.running.iter().position(|r| r.index == i) {
+            Some(k) => {
+                let c = self.running.remove(k);
+                (c.planned, c.first.unwrap_or(0), c.last)
+            }
+            None => (0, 0, 0),
         };
         let done_now = if planned > 0 { self.part(i, last, planned) - self.part(i, first, planned) } else { 0 };
         // What the run did not do here (done before, left undone by a failure, an interruption
@@ -165,13 +178,12 @@ impl<'a> Tracker<'a> {
         };
         self.done += done_now;
         self.bar.set_length(self.bar.length().unwrap_or(0).saturating_sub(taken_off));
-        self.bar.set_position(self.done);
+        self.bar.set_position(self.done + self.under_way());
         let curve = std::mem::take(&mut self.runs[i].curve);
         self.runs[i] = s.clone();
         if self.runs[i].curve.is_empty() {
             self.runs[i].curve = curve;
         }
-        self.current = None;
         self.message();
         self.publish(true);
     }
@@ -182,7 +194,7 @@ impl<'a> Tracker<'a> {
             return;
         }
         self.last_line = Instant::now();
-        let Some(c) = self.current else { return };
+        let Some(&c) = self.running.first() else { return };
         eprintln!(
             "{}: {}/{} runs; {} iteration {}/{}, loss {:.4e}; {} elapsed, ETA {}",
             self.exp.name,
@@ -204,7 +216,8 @@ impl<'a> Tracker<'a> {
             return;
         }
         self.last_publish = Instant::now();
-        let current = self.current.map(|c| Current {
+        // The live view shows the run under way that started first.
+        let current = self.running.first().map(|c| Current {
             name: self.runs[c.index].run.name.clone(),
             iteration: c.last,
             iterations: c.planned,

@@ -307,12 +307,7 @@ impl WinogradOp<'_> {
         let k = self.kernel_out();
         let mut out = vec![0f32; n * k * h * w];
         let epi = Epilogue { bias: self.bias.as_deref().map(|b| b.as_slice()), relu: self.relu };
-        for b in 0..n {
-            let xs = &x[b * c * h * w..(b + 1) * c * h * w];
-            let ms = self.mask.map(|m| m.bits().at(b * c * h * w));
-            let os = &mut out[b * k * h * w..(b + 1) * k * h * w];
-            winograd::conv(&self.kernel, xs, ms, h, w, epi, os);
-        }
+        winograd::conv(&self.kernel, x, self.mask.map(|m| m.bits()), n, h, w, epi, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((n, k, h, w))))
     }
 

@@ -191,20 +191,24 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-/// `out (K, H, W) = conv3x3(x (C, H, W) ⊙ mask, kernel)` followed by the epilogue, for one
-/// image, with the variant the kernel was transformed for. `mask`, when given, holds one bit per
-/// value of `x`; it zeroes the inputs whose bit is 0 (the ReLU derivative of the backward pass,
-/// fused).
+/// `out (N, K, H, W) = conv3x3(x (N, C, H, W) ⊙ mask, kernel)` followed by the epilogue, with
+/// the variant the kernel was transformed for. `mask`, when given, holds one bit per value of
+/// `x`; it zeroes the inputs whose bit is 0 (the ReLU derivative of the backward pass, fused).
+/// The tiles of all `n` images go through the same products, so that a batch of small images
+/// reads the transformed kernel once per block instead of once per image; every output value
+/// is still its own image's (a column of the products is one tile).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv(
     kernel: &Kernel,
     x: &[f32],
     mask: Option<Bits<'_>>,
+    n: usize,
     h: usize,
     w: usize,
     epi: Epilogue<'_>,
     out: &mut [f32],
 ) {
-    conv_with(simd(), kernel, x, mask, (h, w), epi, out)
+    conv_with(simd(), kernel, x, mask, (n, h, w), epi, out)
 }
 
 /// [`conv`] with the transforms on instruction set `level`, which the CPU must have.
@@ -213,13 +217,13 @@ fn conv_with(
     kernel: &Kernel,
     x: &[f32],
     mask: Option<Bits<'_>>,
-    (h, w): (usize, usize),
+    dims: (usize, usize, usize),
     epi: Epilogue<'_>,
     out: &mut [f32],
 ) {
     match kernel.variant {
-        Variant::F23 => dispatch::<2, 4, W23>(level, kernel, x, mask, h, w, epi, out),
-        Variant::F43 => dispatch::<4, 6, W43>(level, kernel, x, mask, h, w, epi, out),
+        Variant::F23 => dispatch::<2, 4, W23>(level, kernel, x, mask, dims, epi, out),
+        Variant::F43 => dispatch::<4, 6, W43>(level, kernel, x, mask, dims, epi, out),
     }
 }
 
@@ -229,33 +233,35 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     kernel: &Kernel,
     x: &[f32],
     mask: Option<Bits<'_>>,
-    h: usize,
-    w: usize,
+    (n, h, w): (usize, usize, usize),
     epi: Epilogue<'_>,
     out: &mut [f32],
 ) {
     let (k_out, c_in) = (kernel.k, kernel.c);
-    assert_eq!(x.len(), c_in * h * w, "input size");
-    assert_eq!(out.len(), k_out * h * w, "output size");
+    assert_eq!(x.len(), n * c_in * h * w, "input size");
+    assert_eq!(out.len(), n * k_out * h * w, "output size");
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+    // Tile rows of all images, image after image: row g is row g mod th of image g / th.
+    let rows = n * th;
     // Tile rows per block: keep the block's transformed input and output near 4 MiB.
     let per_tile = (c_in + k_out) * A * A * 4;
-    let rows_per_block = ((4 << 20) / (per_tile * tw)).clamp(1, th);
+    let rows_per_block = ((4 << 20) / (per_tile * tw)).clamp(1, rows.max(1));
     let tb = rows_per_block * tw;
     let mut v = vec![0f32; c_in * A * A * tb];
     let mut mbuf = vec![0f32; k_out * A * A * tb];
-    let mut ty0 = 0;
-    while ty0 < th {
-        let ty1 = (ty0 + rows_per_block).min(th);
-        let nt = (ty1 - ty0) * tw;
+    let mut g0 = 0;
+    while g0 < rows {
+        let g1 = (g0 + rows_per_block).min(rows);
+        let nt = (g1 - g0) * tw;
         // 1. input transform, parallel over channels
         v.par_chunks_mut(A * A * tb).enumerate().for_each_init(
             || vec![0f32; input_scratch::<M, A>(tw)],
             |scratch, (c, vc)| {
-                let xc = &x[c * h * w..(c + 1) * h * w];
-                let mc = mask.map(|m| m.at(c * h * w));
-                for ty in ty0..ty1 {
-                    input_row::<M, A, S>(level, xc, mc, h, w, ty, tw, scratch, vc, (ty - ty0) * tw, tb);
+                for g in g0..g1 {
+                    let (b, ty) = (g / th, g % th);
+                    let at = (b * c_in + c) * h * w;
+                    let (xc, mc) = (&x[at..at + h * w], mask.map(|m| m.at(at)));
+                    input_row::<M, A, S>(level, xc, mc, h, w, ty, tw, scratch, vc, (g - g0) * tw, tb);
                 }
             },
         );
@@ -291,17 +297,25 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
                 );
             }
         });
-        // 3. output transform, parallel over output channels
-        out.par_chunks_mut(h * w).zip(mbuf.par_chunks(A * A * tb)).enumerate().for_each_init(
+        // 3. output transform, parallel over images × output channels
+        let mbuf = &mbuf;
+        out.par_chunks_mut(h * w).enumerate().for_each_init(
             || vec![0f32; output_scratch::<M, A>(tw)],
-            |scratch, (k, (yk, mk))| {
-                let b = epi.bias.map(|b| b[k]).unwrap_or(0.0);
-                for ty in ty0..ty1 {
-                    output_row::<M, A, S>(level, mk, (ty - ty0) * tw, tb, tw, ty, h, w, b, epi.relu, scratch, yk);
+            |scratch, (j, yk)| {
+                let (b, k) = (j / k_out, j % k_out);
+                let rows_of_b = (b * th).max(g0)..((b + 1) * th).min(g1);
+                if rows_of_b.is_empty() {
+                    return;
+                }
+                let mk = &mbuf[k * A * A * tb..(k + 1) * A * A * tb];
+                let bias = epi.bias.map(|b| b[k]).unwrap_or(0.0);
+                for g in rows_of_b {
+                    let (t0, ty) = ((g - g0) * tw, g % th);
+                    output_row::<M, A, S>(level, mk, t0, tb, tw, ty, h, w, bias, epi.relu, scratch, yk);
                 }
             },
         );
-        ty0 = ty1;
+        g0 = g1;
     }
 }
 
@@ -610,7 +624,7 @@ pub(crate) mod tests {
                 let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let kern = transform_kernel(variant, &wt, k, c, false);
                 let mut out = vec![0f32; k * h * w];
-                conv(&kern, &x, None, h, w, Epilogue { bias: None, relu: false }, &mut out);
+                conv(&kern, &x, None, 1, h, w, Epilogue { bias: None, relu: false }, &mut out);
                 let e = rel_err(&out, &naive(&x, &wt, c, k, h, w));
                 assert!(e < 3e-5, "{variant:?} {c} {k} {h} {w}: {e}");
             }
@@ -634,7 +648,7 @@ pub(crate) mod tests {
             let mut first: Option<Vec<f32>> = None;
             for &level in &levels {
                 let mut out = vec![0f32; k * h * w];
-                conv_with(level, &kern, &x, None, (h, w), Epilogue { bias: None, relu: false }, &mut out);
+                conv_with(level, &kern, &x, None, (1, h, w), Epilogue { bias: None, relu: false }, &mut out);
                 let e = rel_err(&out, &want);
                 assert!(e < 3e-5, "{variant:?} {level:?}: {e}");
                 // Only the rounding of fused multiply-adds may differ between sets.
@@ -661,7 +675,7 @@ pub(crate) mod tests {
                 &candle_core::Tensor::from_vec(m.clone(), (1, c, h, w), &candle_core::Device::Cpu).unwrap(),
             )
             .unwrap();
-            conv(&kern, &x, Some(mask.bits()), h, w, epi, &mut out);
+            conv(&kern, &x, Some(mask.bits()), 1, h, w, epi, &mut out);
             let xm: Vec<f32> = x.iter().zip(&m).map(|(a, g)| if *g > 0.0 { *a } else { 0.0 }).collect();
             let want: Vec<f64> = naive(&xm, &wt, c, k, h, w)
                 .iter()
@@ -673,11 +687,43 @@ pub(crate) mod tests {
             let g: Vec<f32> = (0..k * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
             let kt = transform_kernel(variant, &wt, c, k, true);
             let mut gx = vec![0f32; c * h * w];
-            conv(&kt, &g, None, h, w, Epilogue { bias: None, relu: false }, &mut gx);
+            conv(&kt, &g, None, 1, h, w, Epilogue { bias: None, relu: false }, &mut gx);
             let y = naive(&x, &wt, c, k, h, w);
             let lhs: f64 = y.iter().zip(&g).map(|(a, b)| a * *b as f64).sum();
             let rhs: f64 = x.iter().zip(&gx).map(|(a, b)| *a as f64 * *b as f64).sum();
             assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} {rhs}");
+        }
+    }
+
+    #[test]
+    fn a_batch_computes_each_image_as_alone() {
+        // Several images in one call (their tiles in the same products, blocks spanning image
+        // boundaries) give each image the result of a call with that image alone; with a mask,
+        // bias and ReLU; a non-square size whose tile rows do not divide the block.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for &(n, c, k, h, w) in &[(3, 6, 5, 10, 7), (4, 64, 32, 5, 9), (2, 256, 512, 3, 2)] {
+            let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let m: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bias: Vec<f32> = (0..k).map(|i| i as f32 * 0.1 - 0.2).collect();
+            let mask = crate::tape::BitMask::positive(
+                &candle_core::Tensor::from_vec(m.clone(), (n, c, h, w), &candle_core::Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            for variant in [Variant::F23, Variant::F43] {
+                let kern = transform_kernel(variant, &wt, k, c, false);
+                let epi = Epilogue { bias: Some(&bias), relu: true };
+                let mut all = vec![0f32; n * k * h * w];
+                conv(&kern, &x, Some(mask.bits()), n, h, w, epi, &mut all);
+                for b in 0..n {
+                    let mut one = vec![0f32; k * h * w];
+                    let xb = &x[b * c * h * w..(b + 1) * c * h * w];
+                    conv(&kern, xb, Some(mask.bits().at(b * c * h * w)), 1, h, w, epi, &mut one);
+                    let got = &all[b * k * h * w..(b + 1) * k * h * w];
+                    let d = got.iter().zip(&one).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max);
+                    assert!(d <= 1e-6, "{variant:?} n={n} image {b}: differs by {d}");
+                }
+            }
         }
     }
 }

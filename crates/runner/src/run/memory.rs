@@ -39,6 +39,9 @@ pub struct MemoryEstimate {
     pub peak_mib: f64,
     /// Of which the optimizer's stored image-sized vectors, MiB.
     pub optimizer_mib: f64,
+    /// Of which the program, the weights and their Winograd-domain kernels, MiB: what the runs
+    /// of a batch share ([`batch_width`]).
+    pub shared_mib: f64,
 }
 
 /// The deepest layer a run reads.
@@ -104,7 +107,24 @@ fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize)
         .fold(0.0, f64::max);
     let targets = fixed + mib(largest_style * 64.0 * 4.0 * STYLE_BUFFERS);
     let peak_mib = optimisation.max(targets);
-    MemoryEstimate { peak_mib, optimizer_mib }
+    MemoryEstimate { peak_mib, optimizer_mib, shared_mib: fixed }
+}
+
+/// How many runs of `estimates` a batch may hold at once within `available` MiB: the shared
+/// part (program, weights, kernels) once, the largest run's own part (`peak − shared`) once per
+/// run, a tenth of `available` spare; at least 1 (a run alone was checked by the preflight), at
+/// most `max`. Unknown memory: `max`.
+pub fn batch_width(estimates: &[MemoryEstimate], available: Option<f64>, max: usize) -> usize {
+    let max = max.max(1);
+    let Some(available) = available else { return max };
+    let shared = estimates.iter().map(|e| e.shared_mib).fold(0.0, f64::max);
+    let own = estimates.iter().map(|e| e.peak_mib - e.shared_mib).fold(1.0, f64::max);
+    let fit = ((0.9 * available - shared) / own).floor();
+    if fit.is_finite() && fit >= 1.0 {
+        (fit as usize).min(max)
+    } else {
+        1
+    }
 }
 
 /// The memory this process may still use, MiB: the least of the machine's available memory,
@@ -155,5 +175,16 @@ mod tests {
         let mut big_style = p.clone();
         big_style.controls.style_scale = crate::params::Scale(8.0);
         assert!(estimate(&big_style, 1024, 768).peak_mib > 4.0 * large, "{}", estimate(&big_style, 1024, 768).peak_mib);
+    }
+
+    #[test]
+    fn a_batch_holds_the_shared_part_once_and_each_run_s_own_part() {
+        let e = |peak_mib: f64| MemoryEstimate { peak_mib, optimizer_mib: 0.0, shared_mib: 500.0 };
+        // 0.9 · 10000 − 500 = 8500 MiB for runs of 1000 MiB of their own each.
+        assert_eq!(batch_width(&[e(1500.0), e(900.0)], Some(10000.0), 64), 8);
+        assert_eq!(batch_width(&[e(1500.0)], Some(10000.0), 3), 3, "at most the limit");
+        assert_eq!(batch_width(&[e(1500.0)], Some(1000.0), 16), 1, "a run alone was checked by the preflight");
+        assert_eq!(batch_width(&[e(1500.0)], None, 16), 16, "unknown memory: the limit");
+        assert_eq!(batch_width(&[], Some(10000.0), 0), 1);
     }
 }

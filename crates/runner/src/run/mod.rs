@@ -3,6 +3,7 @@
 //! ([`optimise`]), write its outputs and, last, its record. The core reports progress through a
 //! callback and knows nothing of terminals.
 
+pub mod batch;
 mod checkpoint;
 pub mod colour;
 mod inputs;
@@ -240,38 +241,210 @@ pub fn execute(
 ) -> RunSummary {
     let started = Instant::now();
     let mut summary = RunSummary::new(run);
-    let _lock = match lock(dir, policy.wait) {
-        Ok(Some(f)) => f,
-        Ok(None) => {
-            summary.status = Status::Busy;
-            return summary;
-        }
-        Err(e) => {
-            summary.status = Status::Failed(crate::error::chain(&e));
-            return summary;
-        }
-    };
-    let force = policy.force;
     reset_peak_rss();
+    let (interrupt, preview_every) = (session.interrupt.clone(), session.preview_every);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        execute_steps(session, run, dir, force, progress, &mut summary)
+        let Some(prepared) = prepare(session, run, dir, policy, &mut summary)? else {
+            return Ok(summary.status.clone());
+        };
+        progress(Progress::Started { iterations: prepared.planned, device: summary.device.clone() });
+        let mut watch = optimise::Watch { interrupt: &interrupt, preview_every, pass: None };
+        complete(&prepared, run, dir, &mut watch, progress, &mut summary)
     }));
+    ended(summary, result, started)
+}
+
+/// What [`execute_batched`] reports, in the calling thread.
+#[derive(Debug)]
+pub enum BatchEvent {
+    /// Run `i` (its index in the plan) starts: its inputs are about to be resolved.
+    Started(usize),
+    /// An event of run `i`.
+    Progress(usize, Progress),
+    /// Run `i` ended, however it ended.
+    Ended(usize, Box<RunSummary>),
+}
+
+/// One run for [`execute_batched`]: its index in the plan, the run and its folder.
+pub type Job<'a> = (usize, &'a PlannedRun, PathBuf);
+
+/// Runs `jobs` as [`execute`] runs each, up to `width` at once, each in its own thread, their
+/// network passes pooled into batches ([`batch`]): a run starts as soon as one ends, so the
+/// batch stays full. Inputs are resolved, locks taken and complete runs skipped in the calling
+/// thread, which also receives every event (`on`). Stops starting runs on Ctrl-C (the runs in
+/// flight save a checkpoint and stop). Failures stay per run: an error or a panic in one run's
+/// thread fails that run only; a crash of the process (an aborted allocation) ends them all,
+/// which is why [`memory::batch_width`] sizes the batch from the memory plan. The peak memory
+/// each run records is the process's (the batch's).
+pub fn execute_batched(
+    session: &mut Session,
+    jobs: &[Job],
+    policy: Policy,
+    width: usize,
+    on: &mut dyn FnMut(&mut Session, BatchEvent),
+) -> batch::BatchStats {
+    enum Msg {
+        Progress(Progress),
+        Ended(Box<RunSummary>),
+    }
+    let batch = batch::Batch::new();
+    let (interrupt, preview_every) = (session.interrupt.clone(), session.preview_every);
+    reset_peak_rss();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Msg)>();
+        let mut queue = jobs.iter();
+        let mut in_flight = 0usize;
+        loop {
+            while in_flight < width.max(1) && !interrupt.load(std::sync::atomic::Ordering::SeqCst) {
+                let Some((i, run, dir)) = queue.next() else { break };
+                let (i, run, dir) = (*i, *run, dir.as_path());
+                on(session, BatchEvent::Started(i));
+                let started = Instant::now();
+                let mut summary = RunSummary::new(run);
+                let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    prepare(session, run, dir, policy, &mut summary)
+                }));
+                let prepared = match prepared {
+                    Ok(Ok(Some(p))) => p,
+                    Ok(Ok(None)) => {
+                        let status = summary.status.clone();
+                        on(session, BatchEvent::Ended(i, Box::new(ended(summary, Ok(Ok(status)), started))));
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        on(session, BatchEvent::Ended(i, Box::new(ended(summary, Ok(Err(e)), started))));
+                        continue;
+                    }
+                    Err(panic) => {
+                        on(session, BatchEvent::Ended(i, Box::new(ended(summary, Err(panic), started))));
+                        continue;
+                    }
+                };
+                let device = summary.device.clone();
+                on(session, BatchEvent::Progress(i, Progress::Started { iterations: prepared.planned, device }));
+                let (tx, batch, interrupt) = (tx.clone(), batch.clone(), interrupt.clone());
+                scope.spawn(move || {
+                    let mut member = batch::Member::new(batch, prepared.net.clone());
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let mut watch =
+                            optimise::Watch { interrupt: &interrupt, preview_every, pass: Some(&mut member) };
+                        let mut progress = |p: Progress| {
+                            let _ = tx.send((i, Msg::Progress(p)));
+                        };
+                        complete(&prepared, run, dir, &mut watch, &mut progress, &mut summary)
+                    }));
+                    // Out of the batch before anything else: the others no longer wait for it.
+                    drop(member);
+                    drop(prepared);
+                    let _ = tx.send((i, Msg::Ended(Box::new(ended(summary, result, started)))));
+                });
+                in_flight += 1;
+            }
+            if in_flight == 0 {
+                break;
+            }
+            match rx.recv() {
+                Ok((i, Msg::Progress(p))) => on(session, BatchEvent::Progress(i, p)),
+                Ok((i, Msg::Ended(s))) => {
+                    in_flight -= 1;
+                    on(session, BatchEvent::Ended(i, s));
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    batch.stats()
+}
+
+/// A run ready to optimise: its lock held, its inputs resolved, not complete already.
+struct Prepared {
+    _lock: std::fs::File,
+    net: Arc<Vgg19>,
+    device: Device,
+    inputs: inputs::Inputs,
+    id: String,
+    stages: Vec<crate::params::Stage>,
+    /// Steps over all stages.
+    planned: usize,
+}
+
+/// Takes the run's lock and resolves its inputs; `None` when there is nothing to compute:
+/// another process holds the run (`Busy`) or it is complete (`Skipped`, or `Flagged` as
+/// recorded), the status in `summary`.
+fn prepare(
+    session: &mut Session,
+    run: &PlannedRun,
+    dir: &Path,
+    policy: Policy,
+    summary: &mut RunSummary,
+) -> Result<Option<Prepared>> {
+    let Some(lock) = lock(dir, policy.wait)? else {
+        summary.status = Status::Busy;
+        return Ok(None);
+    };
+    let p = &run.params;
+    let device = resolve_device(p.output.device)?;
+    summary.device = device_name(&device);
+    let (net, weights) = session.network(p, &device)?;
+    let inputs = inputs::resolve(session, p, weights)?;
+    let id = inputs::identity(p, &inputs);
+    if !policy.force {
+        if let Some(status) = skip_if_complete(dir, &id, summary) {
+            summary.status = status;
+            return Ok(None);
+        }
+    }
+    let stages = p.stages(inputs::Setup::output_size(p, &inputs)?).map_err(|e| Error::Run(e.message))?;
+    let planned: usize = stages.iter().map(|s| s.iterations).sum();
+    Ok(Some(Prepared { _lock: lock, net, device, inputs, id, stages, planned }))
+}
+
+/// Optimises a prepared run and writes its outputs and, last, its record.
+fn complete(
+    r: &Prepared,
+    run: &PlannedRun,
+    dir: &Path,
+    watch: &mut optimise::Watch,
+    progress: &mut dyn FnMut(Progress),
+    summary: &mut RunSummary,
+) -> Result<Status> {
+    let p = &run.params;
+    let (setup, trace) = optimise_stages(&r.net, p, &r.inputs, &r.device, &r.stages, (dir, &r.id), watch, progress)?;
+    if let Some(m) = watch.pass.as_deref_mut() {
+        // The outputs are this run's alone: the batch does not wait for them.
+        m.leave();
+    }
+    summary.iterations = trace.iterations;
+    summary.evals = trace.evals;
+    summary.seconds = trace.seconds;
+    summary.final_terms = Some(trace.output_terms.clone());
+    summary.curve = trace.curve();
+    let image = optimise::write_outputs(dir, run, &setup, &trace)?;
+    let status = match verdict::verdict(&trace, r.planned, &image) {
+        Some(why) => Status::Flagged(why),
+        None => Status::Ok,
+    };
+    summary.status = status.clone();
+    summary.peak_rss_mib = peak_rss_mib();
+    let header =
+        crate::record::RecordHeader { id: &r.id, inputs: &r.inputs.named(), width: setup.width, height: setup.height };
+    crate::record::write_run_record(dir, &header, summary)?;
+    checkpoint::remove(dir);
+    let _ = std::fs::remove_file(dir.join(optimise::PREVIEW));
+    Ok(status)
+}
+
+/// The summary of a run that ended with `result` (a panic's message included).
+fn ended(mut summary: RunSummary, result: std::thread::Result<Result<Status>>, started: Instant) -> RunSummary {
     // A skipped run keeps the peak recorded when it ran, not this process's.
-    if !matches!(result, Ok(Ok(Status::Skipped | Status::Flagged(_)))) {
+    if !matches!(result, Ok(Ok(Status::Skipped | Status::Flagged(_) | Status::Busy))) {
         summary.peak_rss_mib = peak_rss_mib();
     }
     summary.status = match result {
         Ok(Ok(status)) => status,
         Ok(Err(Error::Interrupted)) => Status::Interrupted,
         Ok(Err(e)) => Status::Failed(crate::error::chain(&e)),
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Status::Failed(format!("internal error: {msg}"))
-        }
+        Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&*panic))),
     };
     if summary.seconds == 0.0 {
         summary.seconds = started.elapsed().as_secs_f64();
@@ -279,47 +452,13 @@ pub fn execute(
     summary
 }
 
-fn execute_steps(
-    session: &mut Session,
-    run: &PlannedRun,
-    dir: &Path,
-    force: bool,
-    progress: &mut dyn FnMut(Progress),
-    summary: &mut RunSummary,
-) -> Result<Status> {
-    let p = &run.params;
-    let device = resolve_device(p.output.device)?;
-    summary.device = device_name(&device);
-    let (net, weights) = session.network(p, &device)?;
-    let inputs = inputs::resolve(session, p, weights)?;
-    let id = inputs::identity(p, &inputs);
-    if !force {
-        if let Some(status) = skip_if_complete(dir, &id, summary) {
-            return Ok(status);
-        }
-    }
-    let stages = p.stages(inputs::Setup::output_size(p, &inputs)?).map_err(|e| Error::Run(e.message))?;
-    let planned: usize = stages.iter().map(|s| s.iterations).sum();
-    progress(Progress::Started { iterations: planned, device: summary.device.clone() });
-    let (setup, trace) = optimise_stages(&net, p, &inputs, &device, &stages, (dir, &id), session, progress)?;
-    summary.iterations = trace.iterations;
-    summary.evals = trace.evals;
-    summary.seconds = trace.seconds;
-    summary.final_terms = Some(trace.output_terms.clone());
-    summary.curve = trace.curve();
-    let image = optimise::write_outputs(dir, run, &setup, &trace)?;
-    let status = match verdict::verdict(&trace, planned, &image) {
-        Some(why) => Status::Flagged(why),
-        None => Status::Ok,
-    };
-    summary.status = status.clone();
-    summary.peak_rss_mib = peak_rss_mib();
-    let header =
-        crate::record::RecordHeader { id: &id, inputs: &inputs.named(), width: setup.width, height: setup.height };
-    crate::record::write_run_record(dir, &header, summary)?;
-    checkpoint::remove(dir);
-    let _ = std::fs::remove_file(dir.join(optimise::PREVIEW));
-    Ok(status)
+/// The message of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Runs every stage in turn, each from the previous one's output resized to it, saving each
@@ -333,7 +472,7 @@ fn optimise_stages<'n>(
     device: &Device,
     stages: &[crate::params::Stage],
     (dir, id): (&Path, &str),
-    session: &Session,
+    watch: &mut optimise::Watch,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(inputs::Setup<'n>, optimise::Trace)> {
     let mut resume = checkpoint::load(dir, id, device)
@@ -349,7 +488,6 @@ fn optimise_stages<'n>(
         if k > 0 && carried.step > 0 {
             carried.seconds += t.elapsed().as_secs_f64();
         }
-        let watch = (&*session.interrupt, session.preview_every);
         let (trace, next) = optimise::optimise(&setup, p, stage, (carried, resume.take()), dir, id, watch, progress)?;
         if stages.len() > 1 {
             output::save_png(&setup.image(&trace.x)?, &dir.join(format!("scale_{k:02}.png")))?;

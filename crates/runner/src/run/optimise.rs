@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::Tensor;
-use losses::Terms;
+use losses::{NetworkPass, Terms};
 use optim::{Adam, AdamConfig, Lbfgs, LbfgsConfig, Optimizer};
 
 use crate::output::{plot_log_marked, save_png, write_csv, Series};
@@ -226,14 +226,19 @@ impl<'s, 'n> Loop<'s, 'n> {
         self.before + self.t0.elapsed().as_secs_f64()
     }
 
-    /// One optimizer step, recording the losses of the iterate its report names.
-    fn advance(&mut self) -> Result<optim::StepReport> {
+    /// One optimizer step, recording the losses of the iterate its report names; the network's
+    /// passes go through `pass` when given (a batch of runs).
+    fn advance(&mut self, mut pass: Option<&mut dyn NetworkPass>) -> Result<optim::StepReport> {
         let base = self.opt.evals();
         let (t0, before) = (self.t0, self.before);
         let mut evals: Vec<EvalRecord> = Vec::new();
         let objective = &self.setup.objective;
         let mut closure = |xk: &Tensor| -> optim::Result<(f64, Tensor)> {
-            let e = objective.evaluate(xk).map_err(|e| optim::Error::Objective(Box::new(e)))?;
+            let e = match pass.as_deref_mut() {
+                Some(pass) => objective.evaluate_through(xk, pass),
+                None => objective.evaluate(xk),
+            };
+            let e = e.map_err(|e| optim::Error::Objective(Box::new(e)))?;
             evals.push(EvalRecord { terms: e.terms.clone(), seconds: before + t0.elapsed().as_secs_f64() });
             Ok((e.terms.total, e.grad))
         };
@@ -309,6 +314,16 @@ impl<'s, 'n> Loop<'s, 'n> {
     }
 }
 
+/// What a run's optimisation listens to besides its parameters.
+pub(crate) struct Watch<'a> {
+    /// Set by Ctrl-C: checkpoint and stop.
+    pub interrupt: &'a AtomicBool,
+    /// Write `preview.png` every this many steps (0: never).
+    pub preview_every: usize,
+    /// The batch the network passes go through (`None`: the run's own network).
+    pub pass: Option<&'a mut super::batch::Member>,
+}
+
 /// Runs stage `stage` of the optimizer from `setup.x0` after the previous stages (`carried`),
 /// or from `resume` (the run's checkpoint, when taken at this stage), for the stage's
 /// iterations (or the run's evaluations), saving snapshots and checkpoints into `dir`; when
@@ -323,9 +338,10 @@ pub(super) fn optimise(
     (carried, resume): (Carried, Option<checkpoint::Checkpoint>),
     dir: &Path,
     id: &str,
-    (interrupt, preview_every): (&AtomicBool, usize),
+    watch: &mut Watch,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Trace, Carried)> {
+    let (interrupt, preview_every) = (watch.interrupt, watch.preview_every);
     let mut lp = Loop::start(setup, p, stage, carried, resume)?;
     let end = lp.first_step + stage.iterations;
     let save_every = p.output.save_every.get();
@@ -342,7 +358,7 @@ pub(super) fn optimise(
         if p.optimizer.max_evals.is_some_and(|m| lp.evals() >= m.get()) {
             break Stop::MaxEvals;
         }
-        let report = lp.advance()?;
+        let report = lp.advance(watch.pass.as_deref_mut().map(|m| m as &mut dyn NetworkPass))?;
         let step = lp.step;
         progress(Progress::Step { iteration: step, evals: lp.evals(), total: report.value, seconds: lp.seconds() });
         if save_every > 0 && step % save_every == 0 && step < end {

@@ -2,15 +2,10 @@
 //! on a shared folder (`--claim`: concurrent workers, a killed worker, a stale claim of another
 //! machine, a claim taken over under a live worker) and `runner collect`, on tiny real runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use crate::helpers::*;
-
-fn runner(args: &[&str], cwd: &Path) -> Output {
-    weights_path(); // fetched once, shared through the cache
-    Command::new(env!("CARGO_BIN_EXE_runner")).args(args).current_dir(cwd).output().expect("running runner")
-}
 
 fn start(args: &[&str], cwd: &Path) -> Child {
     weights_path();
@@ -25,15 +20,6 @@ fn start(args: &[&str], cwd: &Path) -> Child {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn spec(dir: &Path, body: &str) -> PathBuf {
-    let text = body
-        .replace("CONTENT", &fixture_dir().join("content_64x48.png").display().to_string())
-        .replace("STYLE", &fixture_dir().join("style_64x48.png").display().to_string());
-    let p = dir.join("exp.toml");
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 const FIVE: &str = r#"
@@ -64,60 +50,60 @@ fn stdout_lines(o: &Output) -> Vec<String> {
 #[test]
 fn shards_partition_the_plan_and_collect_rebuilds_the_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), FIVE);
+    let s = fixture_spec(dir.path(), FIVE);
     let s = s.to_str().unwrap();
-    let all = stdout_lines(&runner(&[s, "--list"], dir.path()));
+    let all = stdout_lines(&run_runner(&[s, "--list"], dir.path()));
     assert_eq!(all, ["seed=0", "seed=1", "seed=2", "seed=3", "seed=4"]);
     // Round robin over the plan's order; --only applies first.
     let list = |shard: &str, extra: &[&str]| {
         let mut args = vec![s, "--list", "--shard", shard];
         args.extend(extra);
-        stdout_lines(&runner(&args, dir.path()))
+        stdout_lines(&run_runner(&args, dir.path()))
     };
     assert_eq!(list("0/3", &[]), ["seed=0", "seed=3"]);
     assert_eq!(list("1/3", &[]), ["seed=1", "seed=4"]);
     assert_eq!(list("2/3", &[]), ["seed=2"]);
     assert_eq!(list("1/2", &["--only", "seed=[1-4]"]), ["seed=2", "seed=4"]);
-    let bad = runner(&[s, "--shard", "3/3"], dir.path());
+    let bad = run_runner(&[s, "--shard", "3/3"], dir.path());
     assert!(!bad.status.success() && stderr(&bad).contains("the index must be below the count"), "{}", stderr(&bad));
 
     // Two shards of three: collect lists the third's runs as not run.
     for shard in ["0/3", "1/3"] {
-        let o = runner(&[s, "--out", "shared", "--shard", shard], dir.path());
+        let o = run_runner(&[s, "--out", "shared", "--shard", shard], dir.path());
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let c = runner(&["collect", s, "--out", "shared"], dir.path());
+    let c = run_runner(&["collect", s, "--out", "shared"], dir.path());
     assert_eq!(c.status.code(), Some(1), "runs are missing: {}", stderr(&c));
     assert!(stderr(&c).contains("4 of 5 runs complete") && stderr(&c).contains("seed=2"), "{}", stderr(&c));
     let partial = summary(&dir.path().join("shared/five/summary.csv"));
     assert_eq!(partial.len(), 5, "every planned run has a row");
     assert_eq!(partial[2].1, "not run");
     // The last shard; then collect twice: complete, and the same bytes each time.
-    let o = runner(&[s, "--out", "shared", "--shard", "2/3"], dir.path());
+    let o = run_runner(&[s, "--out", "shared", "--shard", "2/3"], dir.path());
     assert!(o.status.success() && stderr(&o).contains("5 of 5 runs complete"), "{}", stderr(&o));
     let csv = dir.path().join("shared/five/summary.csv");
-    let c = runner(&["collect", s, "--out", "shared"], dir.path());
+    let c = run_runner(&["collect", s, "--out", "shared"], dir.path());
     assert!(c.status.success(), "{}", stderr(&c));
     let first = std::fs::read(&csv).unwrap();
-    assert!(runner(&["collect", s, "--out", "shared"], dir.path()).status.success());
+    assert!(run_runner(&["collect", s, "--out", "shared"], dir.path()).status.success());
     assert_eq!(first, std::fs::read(&csv).unwrap(), "collect is idempotent");
     image::open(dir.path().join("shared/five/grid.png")).unwrap();
     image::open(dir.path().join("shared/five/curves.png")).unwrap();
     // The same sweep in one process: the same runs, the same final losses.
-    let o = runner(&[s, "--out", "whole"], dir.path());
+    let o = run_runner(&[s, "--out", "whole"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let whole = summary(&dir.path().join("whole/five/summary.csv"));
     assert_eq!(summary(&csv), whole);
     assert!(whole.iter().all(|r| r.1 == "ok"), "{whole:?}");
     // A plan changed since (another style weight) does not count the old records.
-    let c = runner(&["collect", s, "--out", "shared", "--set", "style_weight=7"], dir.path());
+    let c = run_runner(&["collect", s, "--out", "shared", "--set", "style_weight=7"], dir.path());
     assert!(stderr(&c).contains("0 of 5 runs complete"), "{}", stderr(&c));
 }
 
 #[test]
 fn claim_workers_compute_each_run_once() {
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), FIVE);
+    let s = fixture_spec(dir.path(), FIVE);
     let s = s.to_str().unwrap();
     let workers: Vec<Child> = (0..3).map(|_| start(&[s, "--out", "q", "--claim"], dir.path())).collect();
     let outs: Vec<Output> = workers.into_iter().map(|w| w.wait_with_output().unwrap()).collect();
@@ -136,7 +122,7 @@ fn claim_workers_compute_each_run_once() {
         assert!(left.is_empty(), "released claims are removed: {left:?}");
     }
     // The claims' conflicts are refused up front.
-    let o = runner(&[s, "--claim", "--force"], dir.path());
+    let o = run_runner(&[s, "--claim", "--force"], dir.path());
     assert!(!o.status.success() && stderr(&o).contains("--force"), "{}", stderr(&o));
 }
 
@@ -167,7 +153,7 @@ fn losses_rows(dir: &Path) -> usize {
 #[test]
 fn a_killed_workers_run_is_taken_over_and_continued() {
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), ONE_LONG);
+    let s = fixture_spec(dir.path(), ONE_LONG);
     let s = s.to_str().unwrap();
     let run = dir.path().join("q/long/run");
     let mut a = start(&[s, "--out", "q", "--claim"], dir.path());
@@ -177,7 +163,7 @@ fn a_killed_workers_run_is_taken_over_and_continued() {
     assert!(run.join(".claim-0").is_file(), "the dead worker's claim is left behind");
     // Its process stops at its next step (its stdin closed) and leaves a checkpoint.
     wait_for(&run.join("checkpoint.toml"), 60);
-    let b = runner(&[s, "--out", "q", "--claim"], dir.path());
+    let b = run_runner(&[s, "--out", "q", "--claim"], dir.path());
     let log = stderr(&b);
     assert!(b.status.success(), "{log}");
     // Same machine, pid gone: taken over at once, not after --claim-stale (120 s).
@@ -189,7 +175,7 @@ fn a_killed_workers_run_is_taken_over_and_continued() {
 #[test]
 fn another_machines_silent_claim_goes_stale_and_a_taken_claim_stops_its_run() {
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), ONE_LONG);
+    let s = fixture_spec(dir.path(), ONE_LONG);
     let s = s.to_str().unwrap();
     // A claim written by a worker on another machine that then went silent.
     let run = dir.path().join("q/long/run");

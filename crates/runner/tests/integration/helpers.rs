@@ -144,3 +144,24 @@ pub fn fixture_targets(net: &Vgg19, config: &losses::ObjectiveConfig) -> losses:
 pub fn mirror() -> PathBuf {
     shared().join("images")
 }
+
+/// `runner ARGS` in `cwd` (the weights fetched first, shared through the cache).
+pub fn run_runner(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
+    weights_path();
+    std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("running runner")
+}
+
+/// Writes `body` as `dir/exp.toml`, with `CONTENT` and `STYLE` replaced by the fixture's 64×48
+/// images.
+pub fn fixture_spec(dir: &std::path::Path, body: &str) -> PathBuf {
+    let text = body
+        .replace("CONTENT", &fixture_dir().join("content_64x48.png").display().to_string())
+        .replace("STYLE", &fixture_dir().join("style_64x48.png").display().to_string());
+    let p = dir.join("exp.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
