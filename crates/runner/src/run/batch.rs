@@ -10,10 +10,12 @@
 //! Losses, their gradients and the optimizer steps stay in each run's thread, in parallel.
 //!
 //! Why the results are a single run's: every operation of the network is per image along the
-//! batch dimension (the CPU convolution runs image by image over the batch, cuDNN and candle
-//! never mix images), so an image's activations and gradient do not depend on the others'; on
-//! the CPU they are bit for bit those of an unbatched pass (integration test
-//! `batch::batched_sweep_equals_sequential_runs`). A NaN in one image stays in its slice.
+//! batch dimension (the CPU convolution puts all images' tiles into the same products, but a
+//! column of those products is one tile of one image; cuDNN and candle never mix images), so an
+//! image's activations and gradient do not depend on the others'; on the CPU they have come out
+//! bit for bit those of an unbatched pass (integration test
+//! `batch::batched_sweep_equals_sequential_runs`: every loss and output byte). A NaN in one
+//! image stays in its slice.
 //!
 //! Failures stay per run: a run whose objective fails or panics leaves the batch (its
 //! [`Member`] is dropped) and the others go on without it; a forward pass that fails for a

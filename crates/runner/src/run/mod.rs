@@ -306,17 +306,11 @@ pub fn execute_batched(
                 }));
                 let prepared = match prepared {
                     Ok(Ok(Some(p))) => p,
-                    Ok(Ok(None)) => {
+                    // Nothing to compute (busy, complete), or the preparation failed.
+                    other => {
                         let status = summary.status.clone();
-                        on(session, BatchEvent::Ended(i, Box::new(ended(summary, Ok(Ok(status)), started))));
-                        continue;
-                    }
-                    Ok(Err(e)) => {
-                        on(session, BatchEvent::Ended(i, Box::new(ended(summary, Ok(Err(e)), started))));
-                        continue;
-                    }
-                    Err(panic) => {
-                        on(session, BatchEvent::Ended(i, Box::new(ended(summary, Err(panic), started))));
+                        let result = other.map(|r| r.map(|_| status));
+                        on(session, BatchEvent::Ended(i, Box::new(ended(summary, result, started))));
                         continue;
                     }
                 };
