@@ -15,6 +15,10 @@
 //!   second step overshoots, the loss overflows float32, and it never recovers (NaN without line
 //!   search; stuck at the start with strong Wolfe). The guard never fires on a run that does not
 //!   blow up, so such runs follow PyTorch's evaluations exactly.
+//! - On the CPU the two-loop recursion runs in place, each update fused with the next dot
+//!   product (`crate::host`), and its dot products accumulate in double precision where
+//!   PyTorch's (and this crate's device path) accumulate in float32: the directions differ in
+//!   the last float32 bits.
 //! - The line search's budget is its own setting ([`LbfgsConfig::max_line_search_evals`], 25 as
 //!   in `_strong_wolfe`). PyTorch ≥ 2.x caps it at `max_eval − 1` evaluations after the first
 //!   trial, which is 0 for the `max_iter = 1` steps of the style-transfer code: its "strong Wolfe"
@@ -132,6 +136,10 @@ impl Lbfgs {
     /// the recursion stay on the device as 0-d tensors (as PyTorch's do), so a GPU step does not
     /// wait on the host once per stored pair.
     fn direction(&self, g: &Tensor) -> Result<Tensor> {
+        // On the CPU: in place, one parallel pass per pair (crate::host).
+        if let Some(d) = crate::host::direction(g, &self.pairs, self.h_diag)? {
+            return Ok(d);
+        }
         let mut q = g.neg()?;
         let mut alphas: Vec<Tensor> = Vec::with_capacity(self.pairs.len());
         for (s, y, rho) in self.pairs.iter().rev() {

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 mod adam;
+mod host;
 mod lbfgs;
 
 pub use adam::{Adam, AdamConfig};

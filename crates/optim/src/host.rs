@@ -1,0 +1,198 @@
+//! L-BFGS's two-loop recursion on the CPU, in place, in one parallel pass over memory per
+//! stored pair.
+//!
+//! The recursion as written (Nocedal & Wright, algorithm 7.4) reads each pair twice per loop: a
+//! dot product, then an update of the running vector with it. With `m` pairs of `n` floats that
+//! is `4m` passes over `n`-float vectors, and, with tensor operations, two fresh `n`-float
+//! allocations per pair and loop. Each update is fused here with the next dot product, which
+//! needs the updated vector:
+//!
+//! - loop 1, `i = m−1 … 0`: `α_i = ρ_i ⟨s_i, q⟩`, `q ← q − α_i y_i`; the pass that updates `q`
+//!   with `y_i` also accumulates `⟨s_{i−1}, q⟩` for the next `α`;
+//! - loop 2, `i = 0 … m−1`: `β_i = ρ_i ⟨y_i, r⟩`, `r ← r + (α_i − β_i) s_i`; the pass that
+//!   updates `r` with `s_i` accumulates `⟨y_{i+1}, r⟩`.
+//!
+//! `2m + 2` passes, no allocation but the result, each pass split into fixed chunks run in
+//! parallel whose partial sums are added in chunk order: the result does not depend on the
+//! number of threads. Dot products accumulate in double precision (the device path multiplies
+//! in float32 and converts the sum); the updates are in float32, with the scalar rounded to
+//! float32 first, as the device path does.
+
+use std::collections::VecDeque;
+
+use candle_core::{CpuStorage, DType, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// Floats per chunk of a parallel pass (64 KiB): fixed, so the sums are the same on any
+/// number of threads.
+const CHUNK: usize = 1 << 14;
+
+/// A contiguous float32 CPU tensor's values, borrowed.
+struct Host<'a> {
+    storage: candle_core::StorageRef<'a>,
+    start: usize,
+    len: usize,
+}
+
+impl<'a> Host<'a> {
+    fn of(t: &'a Tensor) -> Option<Self> {
+        if t.dtype() != DType::F32 {
+            return None;
+        }
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        matches!(&*storage, Storage::Cpu(CpuStorage::F32(_))).then_some(Self { storage, start, len: end - start })
+    }
+
+    fn values(&self) -> &[f32] {
+        match &*self.storage {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.start + self.len],
+            // `of` accepts nothing else.
+            _ => &[],
+        }
+    }
+}
+
+/// `−H g` with the pairs `(s, y, ρ)` (oldest first) and `H₀ = h_diag · I`, when `g` and every
+/// pair are contiguous float32 CPU tensors of `g`'s size; `None` otherwise (the device path).
+pub(crate) fn direction(g: &Tensor, pairs: &VecDeque<(Tensor, Tensor, f64)>, h_diag: f64) -> Result<Option<Tensor>> {
+    let Some(gh) = Host::of(g) else { return Ok(None) };
+    let n = gh.len;
+    let mut s = Vec::with_capacity(pairs.len());
+    let mut y = Vec::with_capacity(pairs.len());
+    for (sk, yk, _) in pairs {
+        match (Host::of(sk), Host::of(yk)) {
+            (Some(a), Some(b)) if a.len == n && b.len == n => {
+                s.push(a);
+                y.push(b);
+            }
+            _ => return Ok(None),
+        }
+    }
+    let (s, y): (Vec<&[f32]>, Vec<&[f32]>) = (s.iter().map(Host::values).collect(), y.iter().map(Host::values).collect());
+    let rho: Vec<f64> = pairs.iter().map(|p| p.2).collect();
+    let m = pairs.len();
+    let mut q: Vec<f32> = gh.values().iter().map(|v| -v).collect();
+    drop(gh);
+    let mut alpha = vec![0f64; m];
+    let mut d = match m {
+        0 => 0.0,
+        _ => update_dot(&mut q, 0.0, None, s[m - 1], 1.0),
+    };
+    for i in (0..m).rev() {
+        alpha[i] = rho[i] * d;
+        let next = if i > 0 { s[i - 1] } else { &[] };
+        d = update_dot(&mut q, -alpha[i] as f32, Some(y[i]), next, 1.0);
+    }
+    // r = h_diag · q, with ⟨y_0, r⟩ in the same pass.
+    let first = y.first().copied().unwrap_or(&[]);
+    let mut d = update_dot(&mut q, 0.0, None, first, h_diag as f32);
+    for i in 0..m {
+        let beta = rho[i] * d;
+        let next = if i + 1 < m { y[i + 1] } else { &[] };
+        d = update_dot(&mut q, (alpha[i] - beta) as f32, Some(s[i]), next, 1.0);
+    }
+    Ok(Some(Tensor::from_vec(q, g.shape(), g.device())?))
+}
+
+/// `v ← scale · v + c · add` (without `add`: `v ← scale · v`), and `⟨next, v⟩` of the updated
+/// `v` in double precision (0 when `next` is empty), in one parallel pass.
+fn update_dot(v: &mut [f32], c: f32, add: Option<&[f32]>, next: &[f32], scale: f32) -> f64 {
+    let partial: Vec<f64> = v
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(k, vc)| {
+            let at = k * CHUNK..k * CHUNK + vc.len();
+            match add {
+                Some(a) => {
+                    for (x, a) in vc.iter_mut().zip(&a[at.clone()]) {
+                        *x = scale * *x + c * a;
+                    }
+                }
+                None if scale != 1.0 => vc.iter_mut().for_each(|x| *x *= scale),
+                None => {}
+            }
+            if next.is_empty() {
+                return 0.0;
+            }
+            // Eight lanes so that the sum vectorises; each lane in double precision.
+            let mut lanes = [0f64; 8];
+            let nc = &next[at];
+            let (body, tail) = (vc.len() / 8 * 8, vc.len() % 8);
+            for (xs, ns) in vc[..body].chunks_exact(8).zip(nc[..body].chunks_exact(8)) {
+                for l in 0..8 {
+                    lanes[l] += f64::from(xs[l]) * f64::from(ns[l]);
+                }
+            }
+            let mut sum: f64 = lanes.iter().sum();
+            for j in body..body + tail {
+                sum += f64::from(vc[j]) * f64::from(nc[j]);
+            }
+            sum
+        })
+        .collect();
+    partial.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The recursion on the host against the textbook one in double precision.
+    #[test]
+    fn the_fused_recursion_is_the_two_loop_recursion() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // Not a multiple of the chunk or of the lanes.
+        let n = 3 * CHUNK + 37;
+        let vec = |rng: &mut rand::rngs::StdRng| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        for m in [0usize, 1, 5] {
+            let g = vec(&mut rng);
+            let raw: Vec<(Vec<f32>, Vec<f32>)> = (0..m)
+                .map(|_| {
+                    let s = vec(&mut rng);
+                    // y ≈ 2 s + noise: yᵀs > 0, as for a convex objective.
+                    let y: Vec<f32> = s.iter().map(|v| 2.0 * v + 0.1 * rng.random_range(-1.0f32..1.0)).collect();
+                    (s, y)
+                })
+                .collect();
+            let dot = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum::<f64>();
+            let rho: Vec<f64> = raw
+                .iter()
+                .map(|(s, y)| 1.0 / s.iter().zip(y).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum::<f64>())
+                .collect();
+            let h = 0.37;
+            // Textbook, f64 throughout.
+            let mut q: Vec<f64> = g.iter().map(|v| -f64::from(*v)).collect();
+            let mut alpha = vec![0.0; m];
+            for i in (0..m).rev() {
+                alpha[i] = rho[i] * dot(&raw[i].0, &q);
+                q.iter_mut().zip(&raw[i].1).for_each(|(x, y)| *x -= alpha[i] * f64::from(*y));
+            }
+            let mut r: Vec<f64> = q.iter().map(|v| h * v).collect();
+            for i in 0..m {
+                let beta = rho[i] * dot(&raw[i].1, &r);
+                r.iter_mut().zip(&raw[i].0).for_each(|(x, s)| *x += (alpha[i] - beta) * f64::from(*s));
+            }
+            let tensor = |v: &Vec<f32>| Tensor::from_vec(v.clone(), n, &Device::Cpu).unwrap();
+            let pairs: VecDeque<(Tensor, Tensor, f64)> =
+                raw.iter().zip(&rho).map(|((s, y), r)| (tensor(s), tensor(y), *r)).collect();
+            let got = direction(&tensor(&g), &pairs, h).unwrap().unwrap().to_vec1::<f32>().unwrap();
+            let scale = r.iter().fold(0f64, |a, v| a.max(v.abs()));
+            let err = got.iter().zip(&r).fold(0f64, |a, (x, y)| a.max((f64::from(*x) - y).abs()));
+            assert!(err <= 1e-5 * scale, "m = {m}: max error {err} of {scale}");
+        }
+    }
+
+    #[test]
+    fn other_devices_and_types_take_the_device_path() {
+        let g = Tensor::zeros(8, DType::F64, &Device::Cpu).unwrap();
+        assert!(direction(&g, &VecDeque::new(), 1.0).unwrap().is_none());
+        // A non-contiguous gradient.
+        let g = Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap().t().unwrap();
+        assert!(direction(&g, &VecDeque::new(), 1.0).unwrap().is_none());
+    }
+}
