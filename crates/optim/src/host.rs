@@ -71,7 +71,8 @@ pub(crate) fn direction(g: &Tensor, pairs: &VecDeque<(Tensor, Tensor, f64)>, h_d
             _ => return Ok(None),
         }
     }
-    let (s, y): (Vec<&[f32]>, Vec<&[f32]>) = (s.iter().map(Host::values).collect(), y.iter().map(Host::values).collect());
+    let (s, y): (Vec<&[f32]>, Vec<&[f32]>) =
+        (s.iter().map(Host::values).collect(), y.iter().map(Host::values).collect());
     let rho: Vec<f64> = pairs.iter().map(|p| p.2).collect();
     let m = pairs.len();
     let mut q: Vec<f32> = gh.values().iter().map(|v| -v).collect();

@@ -101,6 +101,7 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
         "threads": rayon::current_num_threads(),
         "cpu": cpu_model(),
         "simd": vgg::simd().name(),
+        "gemm": vgg::gemm_kernels().name(),
         "width": c.width,
         "height": c.height,
         "evals": c.evals,

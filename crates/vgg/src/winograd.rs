@@ -358,6 +358,8 @@ impl Simd {
 
 /// The set the transforms use, chosen once: the best this CPU runs, or at most the one named by
 /// `NST_CPU` (`avx512`, `avx2`, `baseline`), so that each path can be measured on one machine.
+/// (It sets the transforms' instructions; the matrix products' kernels are gemm's choice:
+/// [`gemm_kernels`].)
 /// A set the CPU lacks is never used (its instructions would fault); an unknown name is
 /// ignored.
 pub fn simd() -> Simd {
@@ -372,6 +374,23 @@ pub fn simd() -> Simd {
         };
         asked.min(best)
     })
+}
+
+/// The instruction set of gemm's micro-kernels (the Winograd products and candle's matrix
+/// products): AVX-512 when this build has the `avx512` feature and the CPU has AVX-512F, else
+/// AVX2+FMA when the CPU has them, else the baseline. gemm chooses at run time; `NST_CPU` does
+/// not reach it.
+pub fn gemm_kernels() -> Simd {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return Simd::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Baseline
 }
 
 /// Defines `$name(level, args…)`: `$impl` compiled for AVX-512 or AVX2+FMA when `level` says
