@@ -84,6 +84,21 @@ fn note_outcome(session: &mut Session, s: &RunSummary, dir: &Path) {
     }
 }
 
+/// What follows a run's end, however it was run: its outcome noted in its folder (`dir`), its
+/// summary recorded, the experiment's outputs rewritten.
+fn settle(
+    session: &mut Session,
+    exp: &Experiment,
+    outputs: Outputs,
+    summaries: &mut Vec<RunSummary>,
+    s: RunSummary,
+    dir: &Path,
+) {
+    note_outcome(session, &s, dir);
+    record(summaries, s);
+    write_outputs(session, exp, summaries, outputs);
+}
+
 /// Puts `s` in `summaries`, replacing an earlier summary of the same run.
 fn record(summaries: &mut Vec<RunSummary>, s: RunSummary) {
     match summaries.iter().position(|x| x.run.name == s.run.name) {
@@ -127,9 +142,7 @@ pub fn run_all(
             if s.status == Status::Busy {
                 busy.push(i);
             }
-            note_outcome(session, &s, &dir);
-            record(&mut summaries, s);
-            write_outputs(session, exp, &summaries, outputs);
+            settle(session, exp, outputs, &mut summaries, s, &dir);
             if stop {
                 track.finish();
                 return Ok(summaries);
@@ -202,9 +215,7 @@ pub fn run_claimed(
                     settled.insert(i);
                 }
             }
-            note_outcome(session, &s, &dir);
-            record(&mut summaries, s);
-            write_outputs(session, exp, &summaries, outputs);
+            settle(session, exp, outputs, &mut summaries, s, &dir);
         }
         if waiting.is_empty() || mode.interrupt.load(Ordering::SeqCst) {
             break;
@@ -330,10 +341,8 @@ fn run_batched(
                 busy.push(i);
             }
             if let Some((_, _, dir)) = jobs.iter().find(|j| j.0 == i) {
-                note_outcome(session, &s, dir);
+                settle(session, exp, outputs, summaries, *s, dir);
             }
-            record(summaries, *s);
-            write_outputs(session, exp, summaries, outputs);
         }
     });
     if stats.passes > 0 {
