@@ -389,11 +389,7 @@ fn serve(round: Vec<Request>, tapes: &mut HashMap<u64, GroupTape>, next_group: &
 /// Runs `f`, a panic becoming an error.
 fn guarded<T>(f: impl FnOnce() -> losses::Result<T>) -> losses::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
+        let msg = crate::error::panic_message(&*panic);
         Err(losses::Error::Pass(Box::new(PassError::Panicked(msg))))
     })
 }

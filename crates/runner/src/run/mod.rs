@@ -438,21 +438,12 @@ fn ended(mut summary: RunSummary, result: std::thread::Result<Result<Status>>, s
         Ok(Ok(status)) => status,
         Ok(Err(Error::Interrupted)) => Status::Interrupted,
         Ok(Err(e)) => Status::Failed(crate::error::chain(&e)),
-        Err(panic) => Status::Failed(format!("internal error: {}", panic_message(&*panic))),
+        Err(panic) => Status::Failed(format!("internal error: {}", crate::error::panic_message(&*panic))),
     };
     if summary.seconds == 0.0 {
         summary.seconds = started.elapsed().as_secs_f64();
     }
     summary
-}
-
-/// The message of a panic's payload.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Runs every stage in turn, each from the previous one's output resized to it, saving each
