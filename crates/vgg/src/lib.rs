@@ -15,17 +15,20 @@
 
 mod conv;
 mod error;
+mod hugepage;
 pub mod imageio;
 pub mod layer;
 mod legacy;
 mod model;
 mod pickle_guard;
+mod products;
 pub mod tape;
 pub mod weights;
 mod winograd;
 
 pub use conv::{tf32_enabled, Conv3x3, ConvAlgorithm, Rectified};
 pub use error::{Error, Result};
+pub use hugepage::HugePageAlloc;
 pub use imageio::{Preprocessing, Resize};
 pub use layer::{ConvId, Layer};
 pub use model::{Features, Pooling, Tape, Vgg19};

@@ -53,13 +53,7 @@ impl BitMask {
     /// `[x > 0]` of `x`.
     pub fn positive(x: &Tensor) -> Result<Self> {
         let words = with_f32(x, |v| {
-            v.par_chunks(64 * 1024)
-                .flat_map_iter(|chunk| {
-                    chunk
-                        .chunks(64)
-                        .map(|c| c.iter().enumerate().fold(0u64, |w, (i, &x)| w | (u64::from(x > 0.0) << i)))
-                })
-                .collect::<Vec<u64>>()
+            v.par_chunks(64 * 1024).flat_map_iter(|chunk| chunk.chunks(64).map(positive_bits)).collect::<Vec<u64>>()
         })?;
         Ok(Self { words, dims: x.dims().to_vec() })
     }
@@ -100,6 +94,36 @@ impl BitMask {
         })??;
         Ok(Tensor::from_vec(out, self.dims.as_slice(), &Device::Cpu)?)
     }
+}
+
+/// Bit i: `chunk[i] > 0`, for a chunk of at most 64 values.
+fn positive_bits(chunk: &[f32]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if chunk.len() == 64 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above) and the chunk 64 values.
+        return unsafe { positive_bits_avx2(chunk) };
+    }
+    chunk.iter().enumerate().fold(0u64, |w, (i, &x)| w | (u64::from(x > 0.0) << i))
+}
+
+/// [`positive_bits`] of 64 values, 8 compares at a time (the scalar fold took 4% of an
+/// evaluation at 512×512). `>` is ordered: NaN gives 0, as in the scalar code.
+///
+/// # Safety
+/// The CPU has AVX2; `chunk` holds 64 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn positive_bits_avx2(chunk: &[f32]) -> u64 {
+    use std::arch::x86_64::*;
+    let zero = _mm256_setzero_ps();
+    let mut w = 0u64;
+    for (i, eight) in chunk.chunks_exact(8).enumerate() {
+        // SAFETY: `eight` has 8 values (chunks_exact).
+        let v = unsafe { _mm256_loadu_ps(eight.as_ptr()) };
+        let bits = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, zero)) as u32 as u64;
+        w |= bits << (8 * i);
+    }
+    w
 }
 
 /// Which input of each 2×2 window was its maximum (the first in reading order on ties, as
@@ -212,8 +236,10 @@ mod tests {
 
     #[test]
     fn masks_keep_one_bit_per_value_across_word_boundaries() {
-        // 2 × 3 × 7 × 5 = 210 values: not a multiple of 64.
-        let v: Vec<f32> = (0..210).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
+        // 2 × 3 × 7 × 5 = 210 values: not a multiple of 64 (three whole words, then a part);
+        // NaN, −0 and the smallest positive value among them.
+        let mut v: Vec<f32> = (0..210).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
+        (v[3], v[70], v[130], v[200]) = (f32::NAN, -0.0, f32::from_bits(1), f32::NAN);
         let x = t(v.clone(), (2, 3, 7, 5));
         let m = BitMask::positive(&x).unwrap();
         assert_eq!(m.bytes(), 4 * 8);

@@ -1,0 +1,72 @@
+//! [`HugePageAlloc`]: the system allocator, with large blocks backed by transparent huge pages.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+/// The system allocator, asking the kernel to back each block of 4 MiB or more with
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)` on Linux; elsewhere it is `System`).
+///
+/// Why: an evaluation at 512×512 writes about 1.5 GB of fresh buffers (convolution outputs,
+/// gradients, masks); each comes from `mmap` and is faulted in 4 KiB at a time on its first
+/// write: 8–11% of the time went to the page-fault path in a profile on the project's Xeon. A
+/// huge page takes one fault per 2 MiB instead of 512. Nothing is kept or pooled: blocks are
+/// freed as before, so the memory held is the same. The advice is honoured where
+/// `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`; elsewhere it is a
+/// no-op. A binary opts in with `#[global_allocator]`.
+pub struct HugePageAlloc;
+
+/// Blocks from this size on are advised (smaller ones rarely span a whole aligned huge page).
+const ADVISE_FROM: usize = 4 << 20;
+
+// SAFETY: every block comes from `System` with the caller's layout and goes back to it; the
+// advice changes how pages are backed, never their contents or the block's bounds.
+unsafe impl GlobalAlloc for HugePageAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.alloc(layout) };
+        advise(p, layout.size());
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        advise(p, layout.size());
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        advise(p, new_size);
+        p
+    }
+}
+
+/// Advises the whole 2 MiB pages inside `[p, p + size)` to be huge.
+#[cfg(target_os = "linux")]
+fn advise(p: *mut u8, size: usize) {
+    const HUGE: usize = 2 << 20;
+    const MADV_HUGEPAGE: i32 = 14;
+    extern "C" {
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+    }
+    if p.is_null() || size < ADVISE_FROM {
+        return;
+    }
+    let start = p as usize;
+    let Some(stop) = start.checked_add(size) else { return };
+    let (first, end) = (start.next_multiple_of(HUGE), stop / HUGE * HUGE);
+    if end > first {
+        // SAFETY: [first, end) is page-aligned and inside the block just allocated. A failure
+        // (a kernel without transparent huge pages) leaves the block as it was: ignored.
+        unsafe { madvise(first as *mut std::ffi::c_void, end - first, MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise(_: *mut u8, _: usize) {}
