@@ -21,7 +21,6 @@ pub mod layer;
 mod legacy;
 mod model;
 mod pickle_guard;
-mod products;
 pub mod tape;
 pub mod weights;
 mod winograd;

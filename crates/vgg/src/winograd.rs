@@ -17,7 +17,6 @@
 
 use rayon::prelude::*;
 
-use crate::products;
 use crate::tape::Bits;
 
 /// The constant matrices of one Winograd variant: `bt` (a×a), `g` (a×3), `at` (m×a).
@@ -95,35 +94,12 @@ fn madd(acc: f32, c: f32, x: f32) -> f32 {
     }
 }
 
-/// A convolution's kernel in the Winograd domain for `K` outputs, `C` inputs: for each ξ,
-/// `U_ξ` (K × C) in the layout its products read ([`Layout`]).
+/// A convolution's kernel in the Winograd domain: `u[ξ][k][c]` for `K` outputs, `C` inputs.
 pub(crate) struct Kernel {
     u: Vec<f32>,
     k: usize,
     c: usize,
     variant: Variant,
-    layout: Layout,
-}
-
-/// How a [`Kernel`] holds each `U_ξ`, which decides what computes the products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Layout {
-    /// Row-major K × C, for the `gemm` crate.
-    RowMajor,
-    /// Panels of [`products::panel_rows`] output channels, for [`products::product`] (AVX-512).
-    Panels,
-}
-
-impl Layout {
-    /// Panels where this build and `NST_CPU` let the transforms use AVX-512 (the products'
-    /// own kernels are AVX-512 only), else the `gemm` crate's layout.
-    fn chosen() -> Layout {
-        if cfg!(all(target_arch = "x86_64", feature = "avx512")) && simd() == Simd::Avx512 {
-            Layout::Panels
-        } else {
-            Layout::RowMajor
-        }
-    }
 }
 
 impl Kernel {
@@ -143,29 +119,11 @@ pub(crate) enum Variant {
 /// Transforms weights `w[k][c][3][3]` (`transpose_flip`: use `w[c][k][2-i][2-j]` instead, the
 /// kernel of the input gradient, with `k` and `c` meaning the gradient conv's out/in channels).
 pub(crate) fn transform_kernel(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Kernel {
-    transform_kernel_as(Layout::chosen(), variant, w, k_out, c_in, transpose_flip)
-}
-
-fn transform_kernel_as(
-    layout: Layout,
-    variant: Variant,
-    w: &[f32],
-    k_out: usize,
-    c_in: usize,
-    transpose_flip: bool,
-) -> Kernel {
     let u = match variant {
         Variant::F23 => transform_kernel_t(&F23, w, k_out, c_in, transpose_flip),
         Variant::F43 => transform_kernel_t(&F43, w, k_out, c_in, transpose_flip),
     };
-    let u = match layout {
-        Layout::RowMajor => u,
-        Layout::Panels => {
-            let kr = products::panel_rows(k_out);
-            u.chunks_exact(k_out * c_in).flat_map(|ux| products::pack(ux, k_out, c_in, kr)).collect()
-        }
-    };
-    Kernel { u, k: k_out, c: c_in, variant, layout }
+    Kernel { u, k: k_out, c: c_in, variant }
 }
 
 fn transform_kernel_t<const M: usize, const A: usize>(
@@ -307,8 +265,9 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     let per_tile = (c_in + k_out) * A * A * 4;
     // ... and at least MIN_TILES tiles, so that each product reads its part of the kernel (up
     // to 512 × 512 floats per ξ) once per MIN_TILES tiles rather than once per tile row (16
-    // tiles at conv4 of a 512×512 image); measured at 512×512 on the project's Xeon, conv4_2:
-    // 48 ms with one row per block, 33 ms with 128 tiles.
+    // tiles at conv4 of a 512×512 image: gemm's AVX-512 kernel then does 100 GFLOP/s on one
+    // core, 170 from 64 tiles on). Measured at 512×512 on the project's Xeon, forward: conv4_2
+    // 45 ms with one tile row per block, 27 ms with 128 tiles; conv3_2 40 → 31 ms.
     let rows_per_block = ((4 << 20) / (per_tile * tw)).max(MIN_TILES.div_ceil(tw)).clamp(1, rows.max(1));
     // A row of a product's operands holds the block's tiles, padded to a multiple of 16 (the
     // AVX-512 lanes): rows start aligned, and a row's stride never equals its element stride
@@ -339,20 +298,12 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
         // 2. A² products M_ξ = U_ξ V_ξ, parallel over ξ
         let (vp, mp) = (SharedMut(v.as_mut_ptr()), SharedMut(mbuf.as_mut_ptr()));
         let u = &kernel.u;
-        let per_xi = u.len() / (A * A);
         (0..A * A).into_par_iter().for_each(|xi| {
             let (vp, mp) = (vp, mp);
             // Each ξ reads its own C × tb block of `v` (at ξ·C·tb) and writes its own K × tb
             // block of `mbuf` (at ξ·K·tb), the first nt ≤ tb columns of each row; no two ξ
             // touch the same element, and both buffers outlive the parallel loop.
             let (vx, mx) = (vp.0.wrapping_add(xi * c_in * tb), mp.0.wrapping_add(xi * k_out * tb));
-            #[cfg(target_arch = "x86_64")]
-            if kernel.layout == Layout::Panels {
-                let op = products::Operands { v: vx, v_rs: tb, m: mx, m_rs: tb };
-                // SAFETY: as above, and the CPU has AVX-512F (`Layout::chosen`).
-                unsafe { products::product(&u[xi * per_xi..(xi + 1) * per_xi], (k_out, nt, c_in), op) };
-                return;
-            }
             // SAFETY: as above; U_ξ is K × C, row-major, at ξ·K·C.
             unsafe {
                 gemm::gemm(
@@ -719,13 +670,7 @@ pub(crate) mod tests {
 
     #[test]
     fn matches_direct_convolution_on_odd_sizes() {
-        // Both ways of computing the products: the `gemm` crate's, and the packed AVX-512 ones
-        // where the CPU has AVX-512F (whatever this build and `NST_CPU` choose). Sizes with
-        // more than one block of tiles (130×9: 33 × 3 tiles of F(4×4)), K past the panels.
-        let mut layouts = vec![Layout::RowMajor];
-        if cfg!(target_arch = "x86_64") && Simd::detected() == Simd::Avx512 {
-            layouts.push(Layout::Panels);
-        }
+        // Sizes with more than one block of tiles (130×9: 33 × 3 tiles of F(4×4)).
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for variant in [Variant::F23, Variant::F43] {
             for &(c, k, h, w) in &[
@@ -740,14 +685,11 @@ pub(crate) mod tests {
             ] {
                 let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let want = naive(&x, &wt, c, k, h, w);
-                for &layout in &layouts {
-                    let kern = transform_kernel_as(layout, variant, &wt, k, c, false);
-                    let mut out = vec![0f32; k * h * w];
-                    conv(&kern, &x, None, 1, h, w, Epilogue { bias: None, relu: false }, &mut out);
-                    let e = rel_err(&out, &want);
-                    assert!(e < 3e-5, "{variant:?} {layout:?} {c} {k} {h} {w}: {e}");
-                }
+                let kern = transform_kernel(variant, &wt, k, c, false);
+                let mut out = vec![0f32; k * h * w];
+                conv(&kern, &x, None, 1, h, w, Epilogue { bias: None, relu: false }, &mut out);
+                let e = rel_err(&out, &naive(&x, &wt, c, k, h, w));
+                assert!(e < 3e-5, "{variant:?} {c} {k} {h} {w}: {e}");
             }
         }
     }
