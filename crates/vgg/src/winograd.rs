@@ -269,9 +269,10 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     // core, 170 from 64 tiles on). Measured at 512×512 on the project's Xeon, forward: conv4_2
     // 45 ms with one tile row per block, 27 ms with 128 tiles; conv3_2 40 → 31 ms.
     let rows_per_block = ((4 << 20) / (per_tile * tw)).max(MIN_TILES.div_ceil(tw)).clamp(1, rows.max(1));
-    // A row of a product's operands holds the block's tiles, padded to a multiple of 16 (the
-    // AVX-512 lanes): rows start aligned, and a row's stride never equals its element stride
-    // (which would leave `gemm` to choose its orientation, and its rounding, by the tile count).
+    // A row of a product's operands holds the block's tiles, padded to a multiple of 16 (a
+    // whole number of AVX-512 vectors), so that a row's stride is never 1 like its element
+    // stride: there `gemm` would choose its orientation, and so its summation order, by the tile
+    // count, and a batch would round unlike its images alone.
     let tb = (rows_per_block * tw).next_multiple_of(16);
     let mut v = vec![0f32; c_in * A * A * tb];
     let mut mbuf = vec![0f32; k_out * A * A * tb];
