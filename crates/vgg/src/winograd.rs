@@ -300,11 +300,10 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
         let (vp, mp) = (SharedMut(v.as_mut_ptr()), SharedMut(mbuf.as_mut_ptr()));
         let u = &kernel.u;
         (0..A * A).into_par_iter().for_each(|xi| {
-            let (vp, mp) = (vp, mp);
             // Each ξ reads its own C × tb block of `v` (at ξ·C·tb) and writes its own K × tb
             // block of `mbuf` (at ξ·K·tb), the first nt ≤ tb columns of each row; no two ξ
             // touch the same element, and both buffers outlive the parallel loop.
-            let (vx, mx) = (vp.0.wrapping_add(xi * c_in * tb), mp.0.wrapping_add(xi * k_out * tb));
+            let (vx, mx) = (vp.ptr().wrapping_add(xi * c_in * tb), mp.ptr().wrapping_add(xi * k_out * tb));
             // SAFETY: as above; U_ξ is K × C, row-major, at ξ·K·C.
             unsafe {
                 gemm::gemm(
@@ -671,7 +670,8 @@ pub(crate) mod tests {
 
     #[test]
     fn matches_direct_convolution_on_odd_sizes() {
-        // Sizes with more than one block of tiles (130×9: 33 × 3 tiles of F(4×4)).
+        // 128 → 128 channels at 520×4 spans several blocks of tile rows (F(4×4): 130 rows, blocks
+        // of 128; F(2×2): 260 rows, blocks of 128) with a partial last one; 9×130 is wide.
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for variant in [Variant::F23, Variant::F43] {
             for &(c, k, h, w) in &[
@@ -683,6 +683,7 @@ pub(crate) mod tests {
                 (256, 64, 3, 4),
                 (64, 3, 9, 130),
                 (3, 130, 11, 70),
+                (128, 128, 520, 4),
             ] {
                 let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
