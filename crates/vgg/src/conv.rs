@@ -305,9 +305,8 @@ impl WinogradOp<'_> {
             candle_core::bail!("winograd conv: input has {c} channels, the kernel expects {}", self.kernel_in())
         }
         let k = self.kernel_out();
-        let mut out = vec![0f32; n * k * h * w];
         let epi = Epilogue { bias: self.bias.as_deref().map(|b| b.as_slice()), relu: self.relu };
-        winograd::conv(&self.kernel, x, self.mask.map(|m| m.bits()), n, h, w, epi, &mut out);
+        let out = winograd::conv(&self.kernel, x, self.mask.map(|m| m.bits()), n, h, w, epi);
         Ok((CpuStorage::F32(out), Shape::from((n, k, h, w))))
     }
 

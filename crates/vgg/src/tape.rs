@@ -43,6 +43,18 @@ impl Bits<'_> {
         (self.words[k >> 6] >> (k & 63)) & 1 == 1
     }
 
+    /// Whether values `i .. i + 16` (from the view's start) were positive, as bits 0 … 15; values
+    /// past the mask's end read as 0.
+    #[inline(always)]
+    pub(crate) fn get16(&self, i: usize) -> u32 {
+        let k = self.offset + i;
+        let (w, s) = (k >> 6, k & 63);
+        let lo = self.words[w] >> s;
+        // Bits of the next word, when the 16 cross a word boundary (s > 48).
+        let hi = if s > 48 { self.words.get(w + 1).map_or(0, |n| n << (64 - s)) } else { 0 };
+        ((lo | hi) & 0xFFFF) as u32
+    }
+
     /// The view from value `i` on.
     pub(crate) fn at(self, i: usize) -> Self {
         Bits { words: self.words, offset: self.offset + i }
@@ -245,6 +257,14 @@ mod tests {
         assert_eq!(m.bytes(), 4 * 8);
         let want: Vec<f32> = v.iter().map(|&x| if x > 0.0 { 1.0 } else { 0.0 }).collect();
         assert_eq!(values(&m.to_tensor(&Device::Cpu).unwrap()), want);
+        // 16 bits at a time from every offset, across word boundaries and past the end.
+        for (i, _) in v.iter().enumerate() {
+            let bits = m.bits().get16(i);
+            for l in 0..16 {
+                let want = v.get(i + l).is_some_and(|&x| x > 0.0);
+                assert_eq!((bits >> l) & 1 == 1, want, "bit {l} from value {i}");
+            }
+        }
         let g = t((0..210).map(|i| i as f32).collect(), (2, 3, 7, 5));
         let add = t(vec![0.5; 210], (2, 3, 7, 5));
         let s = values(&m.masked_add(&g, &add).unwrap());

@@ -9,11 +9,17 @@
 //!
 //! Work is done in blocks of whole tile rows so that the transformed input and output of a block
 //! stay in cache; inside a block, transforms are parallel over channels and the a² products are
-//! parallel over ξ (rayon). Buffers are allocated per call; there is no hidden global state.
+//! parallel over ξ (rayon). The transformed operands and the transforms' scratch live in
+//! per-thread buffers kept from call to call ([`with_buffer`]): fresh allocations of them cost a
+//! page fault and a zeroing pass per page, every call.
 
 // Index loops over the small constant tables are deliberate: with constant bounds they unroll
 // and the table entries become compile-time constants.
 #![allow(clippy::needless_range_loop)]
+
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -209,7 +215,7 @@ struct Scatter {
     xs: usize,
 }
 
-/// `out (N, K, H, W) = conv3x3(x (N, C, H, W) ⊙ mask, kernel)` followed by the epilogue, with
+/// `(N, K, H, W) = conv3x3(x (N, C, H, W) ⊙ mask, kernel)` followed by the epilogue, with
 /// the variant the kernel was transformed for. `mask`, when given, holds one bit per value of
 /// `x`; it zeroes the inputs whose bit is 0 (the ReLU derivative of the backward pass, fused).
 /// The tiles of all `n` images go through the same products, so that a batch of small images
@@ -224,9 +230,8 @@ pub(crate) fn conv(
     h: usize,
     w: usize,
     epi: Epilogue<'_>,
-    out: &mut [f32],
-) {
-    conv_with(simd(), kernel, x, mask, (n, h, w), epi, out)
+) -> Vec<f32> {
+    conv_with(simd(), kernel, x, mask, (n, h, w), epi)
 }
 
 /// [`conv`] with the transforms on instruction set `level`, which the CPU must have.
@@ -237,12 +242,39 @@ fn conv_with(
     mask: Option<Bits<'_>>,
     dims: (usize, usize, usize),
     epi: Epilogue<'_>,
-    out: &mut [f32],
-) {
+) -> Vec<f32> {
+    let (n, h, w) = dims;
+    let len = [n, kernel.k, h, w].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).expect("output size overflows");
+    let mut out = Vec::with_capacity(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
     match kernel.variant {
-        Variant::F23 => dispatch::<2, 4, W23>(level, kernel, x, mask, dims, epi, out),
-        Variant::F43 => dispatch::<4, 6, W43>(level, kernel, x, mask, dims, epi, out),
+        Variant::F23 => dispatch::<2, 4, W23>(level, kernel, x, mask, dims, epi, spare),
+        Variant::F43 => dispatch::<4, 6, W43>(level, kernel, x, mask, dims, epi, spare),
     }
+    // SAFETY: `dispatch` wrote every element of out[..len]: each image's channels, through every
+    // tile row, each row's pixels ([`output_row`]).
+    unsafe { out.set_len(len) };
+    out
+}
+
+thread_local! {
+    /// The transformed operands of a call's blocks, on the calling thread.
+    static OPERANDS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The transforms' scratch, on each thread that runs them.
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's buffer `key` (contents unspecified: `f` writes
+/// before it reads), which is kept for the next call and grows to the largest `len` asked. A call
+/// nested in `f` on the same thread gets a buffer of its own.
+fn with_buffer<R>(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = key.take();
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    key.set(buf);
+    r
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -253,7 +285,7 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     mask: Option<Bits<'_>>,
     (n, h, w): (usize, usize, usize),
     epi: Epilogue<'_>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let (k_out, c_in) = (kernel.k, kernel.c);
     assert_eq!(x.len(), n * c_in * h * w, "input size");
@@ -274,28 +306,50 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     // stride: there `gemm` would choose its orientation, and so its summation order, by the tile
     // count, and a batch would round unlike its images alone.
     let tb = (rows_per_block * tw).next_multiple_of(16);
-    let mut v = vec![0f32; c_in * A * A * tb];
-    let mut mbuf = vec![0f32; k_out * A * A * tb];
+    with_buffer(&OPERANDS, (c_in + k_out) * A * A * tb, |operands| {
+        let (v, mbuf) = operands.split_at_mut(c_in * A * A * tb);
+        blocks::<M, A, S>(level, kernel, x, mask, (n, h, w), epi, out, (rows_per_block, tb), v, mbuf)
+    })
+}
+
+/// The blocks of [`dispatch`]: `rows_per_block` tile rows of `tb` tiles at most (padded),
+/// through `v` (A²·C·tb floats) and `mbuf` (A²·K·tb).
+#[allow(clippy::too_many_arguments)]
+fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
+    level: Simd,
+    kernel: &Kernel,
+    x: &[f32],
+    mask: Option<Bits<'_>>,
+    (n, h, w): (usize, usize, usize),
+    epi: Epilogue<'_>,
+    out: &mut [MaybeUninit<f32>],
+    (rows_per_block, tb): (usize, usize),
+    v: &mut [f32],
+    mbuf: &mut [f32],
+) {
+    let (k_out, c_in) = (kernel.k, kernel.c);
+    let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
+    let rows = n * th;
     let mut g0 = 0;
     while g0 < rows {
         let g1 = (g0 + rows_per_block).min(rows);
         let nt = (g1 - g0) * tw;
         // 1. input transform, parallel over channels
         let vp = SharedMut(v.as_mut_ptr());
-        (0..c_in).into_par_iter().for_each_init(
-            || vec![0f32; input_scratch::<M, A>(tw)],
-            |scratch, c| {
-                // Channel c's values: (ξ, t) at ξ·C·tb + c·tb + t, t < tb, disjoint from every
-                // other channel's, inside `v` (A²·C·tb floats), which outlives the loop.
-                let vc = Scatter { at: vp.ptr().wrapping_add(c * tb), xs: c_in * tb };
+        (0..c_in).into_par_iter().for_each(|c| {
+            // Channel c's values: (ξ, t) at ξ·C·tb + c·tb + t, t < tb, disjoint from every other
+            // channel's, inside `v` (A²·C·tb floats), which outlives the loop.
+            let vc = Scatter { at: vp.ptr().wrapping_add(c * tb), xs: c_in * tb };
+            with_buffer(&SCRATCH, input_scratch::<M, A>(tw, tb), |scratch| {
                 for g in g0..g1 {
                     let (b, ty) = (g / th, g % th);
                     let at = (b * c_in + c) * h * w;
                     let (xc, mc) = (&x[at..at + h * w], mask.map(|m| m.at(at)));
-                    input_row::<M, A, S>(level, xc, mc, h, w, ty, tw, scratch, vc, (g - g0) * tw);
+                    input_row::<M, A, S>(level, xc, mc, h, w, ty, tw, tb, scratch, (g - g0) * tw);
                 }
-            },
-        );
+                input_tiles::<M, A, S>(level, tb, nt, scratch, vc);
+            })
+        });
         // 2. A² products M_ξ = U_ξ V_ξ, parallel over ξ
         let (vp, mp) = (SharedMut(v.as_mut_ptr()), SharedMut(mbuf.as_mut_ptr()));
         let u = &kernel.u;
@@ -331,23 +385,24 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
         });
         // 3. output transform, parallel over images × output channels
         let mbuf = &mbuf;
-        out.par_chunks_mut(h * w).enumerate().for_each_init(
-            || vec![0f32; output_scratch::<M, A>(tw)],
-            |scratch, (j, yk)| {
-                let (b, k) = (j / k_out, j % k_out);
-                let rows_of_b = (b * th).max(g0)..((b + 1) * th).min(g1);
-                if rows_of_b.is_empty() {
-                    return;
-                }
-                // Channel k's values: (ξ, t) at ξ·K·tb + k·tb + t.
-                let mk = &mbuf[k * tb..];
-                let bias = epi.bias.map(|b| b[k]).unwrap_or(0.0);
+        out.par_chunks_mut(h * w).enumerate().for_each(|(j, yk)| {
+            let (b, k) = (j / k_out, j % k_out);
+            let rows_of_b = (b * th).max(g0)..((b + 1) * th).min(g1);
+            if rows_of_b.is_empty() {
+                return;
+            }
+            // Channel k's values: (ξ, t) at ξ·K·tb + k·tb + t; this image's tiles are t0..t1.
+            let (t0, t1) = ((rows_of_b.start - g0) * tw, (rows_of_b.end - g0) * tw);
+            let mk = &mbuf[k * tb..];
+            let bias = epi.bias.map(|b| b[k]).unwrap_or(0.0);
+            with_buffer(&SCRATCH, output_scratch::<M, A>(tb), |scratch| {
+                output_tiles::<M, A, S>(level, mk, k_out * tb, t0, t1, bias, epi.relu, scratch);
                 for g in rows_of_b {
-                    let (t0, ty) = ((g - g0) * tw, g % th);
-                    output_row::<M, A, S>(level, mk, t0, k_out * tb, tw, ty, h, w, bias, epi.relu, scratch, yk);
+                    let (ty, tr) = (g % th, (g - g0) * tw - t0);
+                    output_row::<M, A, S>(level, scratch, t1 - t0, tw, ty, tr, h, w, yk);
                 }
-            },
-        );
+            })
+        });
         g0 = g1;
     }
 }
@@ -464,30 +519,83 @@ macro_rules! with_simd {
 }
 
 with_simd!(input_row, input_row_impl, (
-    xc: &[f32], mc: Option<Bits<'_>>, h: usize, w: usize, ty: usize, tw: usize,
-    scratch: &mut [f32], vc: Scatter, t0: usize
+    xc: &[f32], mc: Option<Bits<'_>>, h: usize, w: usize, ty: usize, tw: usize, tb: usize,
+    scratch: &mut [f32], t0: usize
+));
+with_simd!(input_tiles, input_tiles_impl, (
+    tb: usize, nt: usize, scratch: &mut [f32], vc: Scatter
+));
+with_simd!(output_tiles, output_tiles_impl, (
+    mk: &[f32], xs: usize, t0: usize, t1: usize, bias: f32, relu: bool, scratch: &mut [f32]
 ));
 with_simd!(output_row, output_row_impl, (
-    mk: &[f32], t0: usize, xs: usize, tw: usize, ty: usize, h: usize, w: usize,
-    bias: f32, relu: bool, q: &mut [f32], yk: &mut [f32]
+    scratch: &[f32], stride: usize, tw: usize, ty: usize, tr: usize, h: usize, w: usize,
+    yk: &mut [MaybeUninit<f32>]
 ));
 
-/// Scratch floats [`input_row`] needs for `tw` tiles per row.
-fn input_scratch<const M: usize, const A: usize>(tw: usize) -> usize {
-    let n = tw + 1;
-    2 * A * M * n + M * n
+/// Scratch floats the input transform of one channel needs for `tw` tiles per row and blocks of
+/// at most `tb` tiles: the tile columns of the block (A·A·tb), then one row's padded input
+/// rows and their vertical transform (2·A·M·(tw + 1)).
+fn input_scratch<const M: usize, const A: usize>(tw: usize, tb: usize) -> usize {
+    A * A * tb + 2 * A * M * (tw + 1)
 }
 
-/// Scratch floats [`output_row`] needs for `tw` tiles per row.
-fn output_scratch<const M: usize, const A: usize>(tw: usize) -> usize {
-    (A + M) * M * tw
+/// Scratch floats the output transform of one channel needs for blocks of at most `tb` tiles:
+/// the block's output tiles (M·M·tb), then one group of lanes of the horizontal pass.
+fn output_scratch<const M: usize, const A: usize>(tb: usize) -> usize {
+    M * M * tb + A * M * LANES
 }
 
-/// Transforms the tiles of tile row `ty` of one channel into `vc`, (ξ, t0 + tx) for each tile.
-///
-/// Every loop runs over contiguous memory: the vertical pass works on whole padded rows; its
-/// result is then split into M phases (`P_p[tx] = r[M·tx + p]`), so that column j of tile `tx`
-/// is `P_{j mod M}[tx + j / M]` and the horizontal pass runs along the tiles.
+/// Tiles (or pixels) the transforms handle at once: one AVX-512 vector, two AVX2 vectors. Each
+/// pass below is written once, generic over a lane count `L`, and runs with `L = LANES` over
+/// whole groups and with `L = 1` over the rest; every lane does the same operations in the same
+/// order as the scalar code, so the results do not depend on where a group starts.
+const LANES: usize = 16;
+
+/// `s[at..at + L]` as an array.
+#[inline(always)]
+fn lanes<const L: usize>(s: &[f32], at: usize) -> [f32; L] {
+    let mut v = [0f32; L];
+    v.copy_from_slice(&s[at..at + L]);
+    v
+}
+
+/// `Σ_j row[j] · x[j]` for every lane, from `init`, with [`madd`]'s constant folding.
+#[inline(always)]
+fn combine<const A: usize, const L: usize>(row: &[f32; A], x: &[[f32; L]; A], init: f32) -> [f32; L] {
+    let mut acc = [init; L];
+    for j in 0..A {
+        for l in 0..L {
+            acc[l] = madd(acc[l], row[j], x[j][l]);
+        }
+    }
+    acc
+}
+
+/// Runs `f::<LANES>` on groups of lanes from `from` on, then `f::<1>` on the rest up to `to`.
+macro_rules! in_lanes {
+    ($from:expr, $to:expr, |$i:ident, $l:ident| $body:expr) => {{
+        let (from, to) = ($from, $to);
+        let body = from + (to - from) / LANES * LANES;
+        let mut $i = from;
+        while $i < body {
+            const $l: usize = LANES;
+            $body;
+            $i += LANES;
+        }
+        while $i < to {
+            const $l: usize = 1;
+            $body;
+            $i += 1;
+        }
+    }};
+}
+
+/// First half of the input transform of tile row `ty` of one channel: its A input rows (masked
+/// and zero-padded) through the vertical pass `r[ξi][x] = Σ_i Bᵀ[ξi][i] rows[i][x]`, then the
+/// A columns of each tile of each `r[ξi]` stored as the block's tile columns
+/// `col[ξi][j][t0 + tx] = r[ξi][M·tx + j]` (tiles overlap by A − M columns), so that the
+/// horizontal pass ([`input_tiles`]) runs along all the block's tiles at once.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
@@ -497,15 +605,13 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     w: usize,
     ty: usize,
     tw: usize,
+    tb: usize,
     scratch: &mut [f32],
-    vc: Scatter,
     t0: usize,
 ) {
-    let t = &S::T;
-    let n = tw + 1; // tiles plus the columns beyond the last tile
-    let len = M * n; // ≥ M·tw + 2: the padded row, x from −1
-    let (rows, rest) = scratch.split_at_mut(A * len);
-    let (r, phases) = rest.split_at_mut(A * len);
+    let len = M * (tw + 1); // ≥ M·tw + 2: the padded row, x from −1
+    let (cols, rest) = scratch.split_at_mut(A * A * tb);
+    let (rows, r) = rest.split_at_mut(A * len);
     for i in 0..A {
         let dst = &mut rows[i * len..(i + 1) * len];
         let y = (M * ty + i) as isize - 1;
@@ -519,109 +625,134 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
         match mc {
             None => dst[1..=w].copy_from_slice(src),
             Some(mc) => {
-                let m = mc.at(y * w);
-                for (x, (d, &v)) in dst[1..=w].iter_mut().zip(src).enumerate() {
-                    *d = if m.get(x) { v } else { 0.0 };
+                let (m, d) = (mc.at(y * w), &mut dst[1..=w]);
+                let body = w - w % 16;
+                for x in (0..body).step_by(16) {
+                    let (bits, v) = (m.get16(x), lanes::<16>(src, x));
+                    for (l, d) in d[x..x + 16].iter_mut().enumerate() {
+                        *d = if (bits >> l) & 1 == 1 { v[l] } else { 0.0 };
+                    }
+                }
+                for x in body..w {
+                    d[x] = if m.get(x) { src[x] } else { 0.0 };
                 }
             }
         }
         dst[w + 1..].fill(0.0);
     }
-    // Vertical pass: r[ξi][x] = Σ_i Bᵀ[ξi][i] rows[i][x]. All A outputs of a column are computed
-    // together so that the coefficient loops unroll to constants.
-    for x in 0..len {
-        let col: [f32; A] = std::array::from_fn(|i| rows[i * len + x]);
+    in_lanes!(0, len, |x, L| {
+        let col: [[f32; L]; A] = std::array::from_fn(|i| lanes(rows, i * len + x));
         for xi in 0..A {
-            let mut acc = 0.0;
-            for i in 0..A {
-                acc = madd(acc, t.bt[xi][i], col[i]);
-            }
-            r[xi * len + x] = acc;
+            r[xi * len + x..][..L].copy_from_slice(&combine(&S::T.bt[xi], &col, 0.0));
         }
-    }
-    // Horizontal pass: v[ξi·A + ξj][tx] = Σ_j Bᵀ[ξj][j] r[ξi][M·tx + j]
+    });
     for xi in 0..A {
         let rr = &r[xi * len..(xi + 1) * len];
-        for (tx, chunk) in rr.chunks_exact(M).enumerate() {
-            for (p, &v) in chunk.iter().enumerate() {
-                phases[p * n + tx] = v;
-            }
-        }
-        for tx in 0..tw {
-            let d: [f32; A] = std::array::from_fn(|j| phases[(j % M) * n + tx + j / M]);
-            for xj in 0..A {
-                let mut acc = 0.0;
-                for j in 0..A {
-                    acc = madd(acc, t.bt[xj][j], d[j]);
+        in_lanes!(0, tw, |tx, L| {
+            let src = &rr[M * tx..M * tx + M * L + (A - M)];
+            for j in 0..A {
+                let dst = &mut cols[(xi * A + j) * tb + t0 + tx..][..L];
+                for l in 0..L {
+                    dst[l] = src[l * M + j];
                 }
-                // SAFETY: `vc` covers columns t < tb of every ξ ([`Scatter`]); t0 + tx < tb.
-                unsafe { *vc.at.add((xi * A + xj) * vc.xs + t0 + tx) = acc };
             }
-        }
+        });
     }
 }
 
-/// Transforms `mk[ξ·xs + t0 + tx]` back to output tile row `ty` of one channel, with the
-/// epilogue.
+/// Second half of the input transform of one channel: the horizontal pass over the block's `nt`
+/// tiles, `v[ξi·A + ξj][t] = Σ_j Bᵀ[ξj][j] col[ξi][j][t]`, into `vc`.
+#[inline(always)]
+fn input_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+    tb: usize,
+    nt: usize,
+    scratch: &mut [f32],
+    vc: Scatter,
+) {
+    let cols = &scratch[..A * A * tb];
+    for xi in 0..A {
+        in_lanes!(0, nt, |t, L| {
+            let d: [[f32; L]; A] = std::array::from_fn(|j| lanes(cols, (xi * A + j) * tb + t));
+            for xj in 0..A {
+                let acc = combine(&S::T.bt[xj], &d, 0.0);
+                // SAFETY: `vc` covers columns t < tb of every ξ ([`Scatter`]); t + L ≤ nt ≤ tb.
+                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), vc.at.add((xi * A + xj) * vc.xs + t), L) };
+            }
+        });
+    }
+}
+
+/// First half of the output transform of one channel: tiles `t0..t1` of `mk[ξ·xs + t]` through
+/// `y[r1][r2][t] = Σ_ξi Aᵀ[r1][ξi] Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj][t] + bias` (and the ReLU), into
+/// `scratch` at `(r1·M + r2)·(t1 − t0) + t − t0`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+    mk: &[f32],
+    xs: usize,
+    t0: usize,
+    t1: usize,
+    bias: f32,
+    relu: bool,
+    scratch: &mut [f32],
+) {
+    let nt = t1 - t0;
+    let (y, q) = scratch.split_at_mut(M * M * nt);
+    in_lanes!(t0, t1, |t, L| {
+        // Horizontal: q[ξi][r2] = Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj], L tiles at a time.
+        for xi in 0..A {
+            let m: [[f32; L]; A] = std::array::from_fn(|xj| lanes(mk, (xi * A + xj) * xs + t));
+            for r2 in 0..M {
+                q[(xi * M + r2) * L..][..L].copy_from_slice(&combine(&S::T.at[r2], &m, 0.0));
+            }
+        }
+        // Vertical, with bias and ReLU.
+        for r2 in 0..M {
+            let c: [[f32; L]; A] = std::array::from_fn(|xi| lanes(q, (xi * M + r2) * L));
+            for r1 in 0..M {
+                let mut acc = combine(&S::T.at[r1], &c, bias);
+                if relu {
+                    acc = acc.map(|v| v.max(0.0));
+                }
+                y[(r1 * M + r2) * nt + t - t0..][..L].copy_from_slice(&acc);
+            }
+        }
+    });
+}
+
+/// Second half of the output transform: output tile row `ty` of one channel, whose tiles are at
+/// `tr..tr + tw` of [`output_tiles`]' result, its phases `y[r1][r2][tx]` interleaved into
+/// pixel order `M·tx + r2` of image rows `M·ty + r1`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn output_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
-    mk: &[f32],
-    t0: usize,
-    xs: usize,
+    scratch: &[f32],
+    stride: usize,
     tw: usize,
     ty: usize,
+    tr: usize,
     h: usize,
     w: usize,
-    bias: f32,
-    relu: bool,
-    q: &mut [f32],
-    yk: &mut [f32],
+    yk: &mut [MaybeUninit<f32>],
 ) {
-    let t = &S::T;
-    let (q, yrow) = q.split_at_mut(A * M * tw);
-    // Horizontal pass: q[ξi][r2][tx] = Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj][tx]
-    for xi in 0..A {
-        for tx in 0..tw {
-            let m: [f32; A] = std::array::from_fn(|xj| mk[(xi * A + xj) * xs + t0 + tx]);
-            for r2 in 0..M {
-                let mut acc = 0.0;
-                for xj in 0..A {
-                    acc = madd(acc, t.at[r2][xj], m[xj]);
-                }
-                q[(xi * M + r2) * tw + tx] = acc;
-            }
-        }
-    }
-    // Vertical pass: y[r1][M·tx + r2] = Σ_ξi Aᵀ[r1][ξi] q[ξi][r2][tx] + bias, into yrow[r1][r2][tx]
-    for r2 in 0..M {
-        for tx in 0..tw {
-            let c: [f32; A] = std::array::from_fn(|xi| q[(xi * M + r2) * tw + tx]);
-            for r1 in 0..M {
-                let mut acc = bias;
-                for xi in 0..A {
-                    acc = madd(acc, t.at[r1][xi], c[xi]);
-                }
-                yrow[(r1 * M + r2) * tw + tx] = if relu { acc.max(0.0) } else { acc };
-            }
-        }
-    }
     let full = (w / M).min(tw);
     for r1 in 0..M {
         let y = M * ty + r1;
         if y >= h {
             break;
         }
-        let yrow = &yrow[r1 * M * tw..(r1 + 1) * M * tw];
         let row = &mut yk[y * w..(y + 1) * w];
-        let (body, tail) = row.split_at_mut(full * M);
-        for (tx, chunk) in body.chunks_exact_mut(M).enumerate() {
-            for (r2, v) in chunk.iter_mut().enumerate() {
-                *v = yrow[r2 * tw + tx];
+        in_lanes!(0, full, |tx, L| {
+            let src: [[f32; L]; M] = std::array::from_fn(|r2| lanes(scratch, (r1 * M + r2) * stride + tr + tx));
+            let dst = &mut row[M * tx..M * (tx + L)];
+            for l in 0..L {
+                for r2 in 0..M {
+                    dst[l * M + r2].write(src[r2][l]);
+                }
             }
-        }
-        for (r2, v) in tail.iter_mut().enumerate() {
-            *v = yrow[r2 * tw + full];
+        });
+        for (r2, v) in row[full * M..].iter_mut().enumerate() {
+            v.write(scratch[(r1 * M + r2) * stride + tr + full]);
         }
     }
 }
@@ -688,8 +819,7 @@ pub(crate) mod tests {
                 let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let kern = transform_kernel(variant, &wt, k, c, false);
-                let mut out = vec![0f32; k * h * w];
-                conv(&kern, &x, None, 1, h, w, Epilogue { bias: None, relu: false }, &mut out);
+                let out = conv(&kern, &x, None, 1, h, w, Epilogue { bias: None, relu: false });
                 let e = rel_err(&out, &naive(&x, &wt, c, k, h, w));
                 assert!(e < 3e-5, "{variant:?} {c} {k} {h} {w}: {e}");
             }
@@ -701,7 +831,8 @@ pub(crate) mod tests {
         // `NST_CPU` picks one set for a whole process; here each set this CPU has is run
         // directly, so one CI machine checks every path it can execute.
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let (c, k, h, w) = (7, 9, 13, 10);
+        // 70 columns: 18 tiles a row, so each set runs its groups of lanes and the rest.
+        let (c, k, h, w) = (7, 9, 13, 70);
         let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
         let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
         let want = naive(&x, &wt, c, k, h, w);
@@ -712,8 +843,7 @@ pub(crate) mod tests {
             let kern = transform_kernel(variant, &wt, k, c, false);
             let mut first: Option<Vec<f32>> = None;
             for &level in &levels {
-                let mut out = vec![0f32; k * h * w];
-                conv_with(level, &kern, &x, None, (1, h, w), Epilogue { bias: None, relu: false }, &mut out);
+                let out = conv_with(level, &kern, &x, None, (1, h, w), Epilogue { bias: None, relu: false });
                 let e = rel_err(&out, &want);
                 assert!(e < 3e-5, "{variant:?} {level:?}: {e}");
                 // Only the rounding of fused multiply-adds may differ between sets.
@@ -727,36 +857,37 @@ pub(crate) mod tests {
     #[test]
     fn bias_relu_mask_and_transposed_kernel() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-        let (c, k, h, w) = (6, 5, 10, 7);
-        let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let m: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let bias: Vec<f32> = (0..k).map(|i| i as f32 * 0.3 - 0.5).collect();
-        for variant in [Variant::F23, Variant::F43] {
-            let kern = transform_kernel(variant, &wt, k, c, false);
-            let mut out = vec![0f32; k * h * w];
-            let epi = Epilogue { bias: Some(&bias), relu: true };
-            let mask = crate::tape::BitMask::positive(
-                &candle_core::Tensor::from_vec(m.clone(), (1, c, h, w), &candle_core::Device::Cpu).unwrap(),
-            )
-            .unwrap();
-            conv(&kern, &x, Some(mask.bits()), 1, h, w, epi, &mut out);
-            let xm: Vec<f32> = x.iter().zip(&m).map(|(a, g)| if *g > 0.0 { *a } else { 0.0 }).collect();
-            let want: Vec<f64> = naive(&xm, &wt, c, k, h, w)
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (v + bias[i / (h * w)] as f64).max(0.0))
-                .collect();
-            assert!(rel_err(&out, &want) < 1e-5);
-            // The transposed-flipped kernel computes the input gradient: <conv(x), g> = <x, conv'(g)>
-            let g: Vec<f32> = (0..k * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let kt = transform_kernel(variant, &wt, c, k, true);
-            let mut gx = vec![0f32; c * h * w];
-            conv(&kt, &g, None, 1, h, w, Epilogue { bias: None, relu: false }, &mut gx);
-            let y = naive(&x, &wt, c, k, h, w);
-            let lhs: f64 = y.iter().zip(&g).map(|(a, b)| a * *b as f64).sum();
-            let rhs: f64 = x.iter().zip(&gx).map(|(a, b)| *a as f64 * *b as f64).sum();
-            assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} {rhs}");
+        // 37 columns: masked rows of two whole groups of 16 values and a rest, the groups' bits
+        // crossing the mask's 64-bit words at many offsets.
+        for (c, k, h, w) in [(6, 5, 10, 7), (3, 4, 9, 37)] {
+            let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let m: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bias: Vec<f32> = (0..k).map(|i| i as f32 * 0.3 - 0.5).collect();
+            for variant in [Variant::F23, Variant::F43] {
+                let kern = transform_kernel(variant, &wt, k, c, false);
+                let epi = Epilogue { bias: Some(&bias), relu: true };
+                let mask = crate::tape::BitMask::positive(
+                    &candle_core::Tensor::from_vec(m.clone(), (1, c, h, w), &candle_core::Device::Cpu).unwrap(),
+                )
+                .unwrap();
+                let out = conv(&kern, &x, Some(mask.bits()), 1, h, w, epi);
+                let xm: Vec<f32> = x.iter().zip(&m).map(|(a, g)| if *g > 0.0 { *a } else { 0.0 }).collect();
+                let want: Vec<f64> = naive(&xm, &wt, c, k, h, w)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v + bias[i / (h * w)] as f64).max(0.0))
+                    .collect();
+                assert!(rel_err(&out, &want) < 1e-5);
+                // The transposed-flipped kernel computes the input gradient: <conv(x), g> = <x, conv'(g)>
+                let g: Vec<f32> = (0..k * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let kt = transform_kernel(variant, &wt, c, k, true);
+                let gx = conv(&kt, &g, None, 1, h, w, Epilogue { bias: None, relu: false });
+                let y = naive(&x, &wt, c, k, h, w);
+                let lhs: f64 = y.iter().zip(&g).map(|(a, b)| a * *b as f64).sum();
+                let rhs: f64 = x.iter().zip(&gx).map(|(a, b)| *a as f64 * *b as f64).sum();
+                assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} {rhs}");
+            }
         }
     }
 
@@ -764,9 +895,10 @@ pub(crate) mod tests {
     fn a_batch_computes_each_image_as_alone() {
         // Several images in one call (their tiles in the same products, blocks spanning image
         // boundaries) give each image the result of a call with that image alone; with a mask,
-        // bias and ReLU; a non-square size whose tile rows do not divide the block.
+        // bias and ReLU; a non-square size whose tile rows do not divide the block; rows of 18
+        // tiles, so that groups of lanes start at other offsets in a batch than alone.
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-        for &(n, c, k, h, w) in &[(3, 6, 5, 10, 7), (4, 64, 32, 5, 9), (2, 256, 512, 3, 2)] {
+        for &(n, c, k, h, w) in &[(3, 6, 5, 10, 7), (4, 64, 32, 5, 9), (2, 256, 512, 3, 2), (2, 16, 8, 9, 70)] {
             let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
             let m: Vec<f32> = (0..n * c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
             let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -778,12 +910,10 @@ pub(crate) mod tests {
             for variant in [Variant::F23, Variant::F43] {
                 let kern = transform_kernel(variant, &wt, k, c, false);
                 let epi = Epilogue { bias: Some(&bias), relu: true };
-                let mut all = vec![0f32; n * k * h * w];
-                conv(&kern, &x, Some(mask.bits()), n, h, w, epi, &mut all);
+                let all = conv(&kern, &x, Some(mask.bits()), n, h, w, epi);
                 for b in 0..n {
-                    let mut one = vec![0f32; k * h * w];
                     let xb = &x[b * c * h * w..(b + 1) * c * h * w];
-                    conv(&kern, xb, Some(mask.bits().at(b * c * h * w)), 1, h, w, epi, &mut one);
+                    let one = conv(&kern, xb, Some(mask.bits().at(b * c * h * w)), 1, h, w, epi);
                     let got = &all[b * k * h * w..(b + 1) * k * h * w];
                     let d = got.iter().zip(&one).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max);
                     assert!(d <= 1e-6, "{variant:?} n={n} image {b}: differs by {d}");
