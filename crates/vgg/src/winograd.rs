@@ -293,8 +293,18 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     // Tile rows of all images, image after image: row g is row g mod th of image g / th.
     let rows = n * th;
+    let (rows_per_block, tb) = block_shape::<A>(c_in + k_out, tw, rows);
+    with_buffer(&OPERANDS, (c_in + k_out) * A * A * tb, |operands| {
+        let (v, mbuf) = operands.split_at_mut(c_in * A * A * tb);
+        blocks::<M, A, S>(level, kernel, (x, mask), (n, h, w), epi, out, (rows_per_block, tb), v, mbuf)
+    })
+}
+
+/// Tile rows per block and the block's tiles padded (`tb`), for `channels` = C + K channels,
+/// `tw` tiles a row and `rows` tile rows in all.
+fn block_shape<const A: usize>(channels: usize, tw: usize, rows: usize) -> (usize, usize) {
     // Tile rows per block: keep the block's transformed input and output near 4 MiB...
-    let per_tile = (c_in + k_out) * A * A * 4;
+    let per_tile = channels * A * A * 4;
     // ... and at least MIN_TILES tiles, so that each product reads its part of the kernel (up
     // to 512 × 512 floats per ξ) once per MIN_TILES tiles rather than once per tile row (16
     // tiles at conv4 of a 512×512 image: gemm's AVX-512 kernel then does 100 GFLOP/s on one
@@ -305,21 +315,16 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     // whole number of AVX-512 vectors), so that a row's stride is never 1 like its element
     // stride: there `gemm` would choose its orientation, and so its summation order, by the tile
     // count, and a batch would round unlike its images alone.
-    let tb = (rows_per_block * tw).next_multiple_of(16);
-    with_buffer(&OPERANDS, (c_in + k_out) * A * A * tb, |operands| {
-        let (v, mbuf) = operands.split_at_mut(c_in * A * A * tb);
-        blocks::<M, A, S>(level, kernel, x, mask, (n, h, w), epi, out, (rows_per_block, tb), v, mbuf)
-    })
+    (rows_per_block, (rows_per_block * tw).next_multiple_of(16))
 }
 
 /// The blocks of [`dispatch`]: `rows_per_block` tile rows of `tb` tiles at most (padded),
-/// through `v` (A²·C·tb floats) and `mbuf` (A²·K·tb).
+/// through `v` (A²·C·tb floats) and `mbuf` (A²·K·tb); `x` (with its mask) as in [`conv`].
 #[allow(clippy::too_many_arguments)]
 fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
     level: Simd,
     kernel: &Kernel,
-    x: &[f32],
-    mask: Option<Bits<'_>>,
+    (x, mask): (&[f32], Option<Bits<'_>>),
     (n, h, w): (usize, usize, usize),
     epi: Epilogue<'_>,
     out: &mut [MaybeUninit<f32>],
