@@ -489,9 +489,11 @@ pub fn gemm_kernels() -> Simd {
     Simd::Baseline
 }
 
-/// Defines `$name(level, args…)`: `$impl` compiled for AVX-512 or AVX2+FMA when `level` says
-/// so (the caller guarantees the CPU has it: [`simd`]), else for the baseline target. The
-/// transforms are plain loops over constant tables that the compiler vectorises.
+/// Defines `$name(level, args…)`: `$impl(level, args…)` compiled for AVX-512 or AVX2+FMA when
+/// `level` says so (the caller guarantees the CPU has it: [`simd`]), else for the baseline
+/// target; inside, `level` is a constant, for the few places that use a set's instructions by
+/// name. The transforms are otherwise plain loops over constant tables that the compiler
+/// vectorises.
 macro_rules! with_simd {
     ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*)) => {
         #[allow(clippy::too_many_arguments)]
@@ -501,12 +503,12 @@ macro_rules! with_simd {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn wide<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
-                    $impl::<M, A, S>($($arg),*)
+                    $impl::<M, A, S>(Simd::Avx512, $($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn narrow<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
-                    $impl::<M, A, S>($($arg),*)
+                    $impl::<M, A, S>(Simd::Avx2, $($arg),*)
                 }
                 match level {
                     // SAFETY: `level` is at most what the CPU supports (`simd`, `Simd::detected`).
@@ -516,9 +518,7 @@ macro_rules! with_simd {
                     Simd::Baseline => {}
                 }
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = level;
-            $impl::<M, A, S>($($arg),*)
+            $impl::<M, A, S>(Simd::Baseline, $($arg),*)
         }
     };
 }
@@ -604,6 +604,7 @@ macro_rules! in_lanes {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+    _level: Simd,
     xc: &[f32],
     mc: Option<Bits<'_>>,
     h: usize,
@@ -669,6 +670,7 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 /// tiles, `v[ξi·A + ξj][t] = Σ_j Bᵀ[ξj][j] col[ξi][j][t]`, into `vc`.
 #[inline(always)]
 fn input_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+    _level: Simd,
     tb: usize,
     nt: usize,
     scratch: &mut [f32],
@@ -693,6 +695,7 @@ fn input_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+    _level: Simd,
     mk: &[f32],
     xs: usize,
     t0: usize,
@@ -731,6 +734,7 @@ fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn output_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+    level: Simd,
     scratch: &[f32],
     stride: usize,
     tw: usize,
@@ -750,15 +754,57 @@ fn output_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
         in_lanes!(0, full, |tx, L| {
             let src: [[f32; L]; M] = std::array::from_fn(|r2| lanes(scratch, (r1 * M + r2) * stride + tr + tx));
             let dst = &mut row[M * tx..M * (tx + L)];
-            for l in 0..L {
-                for r2 in 0..M {
-                    dst[l * M + r2].write(src[r2][l]);
+            if cfg!(target_arch = "x86_64") && level == Simd::Avx512 && M == 4 && L == 16 {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `src` is 4 × 16 floats and `dst` 64 (M = 4, L = 16); this code runs
+                // compiled for AVX-512 only (`with_simd`'s `wide`, on a CPU that has it).
+                unsafe {
+                    interleave_4x16(src.as_ptr().cast(), dst.as_mut_ptr().cast())
+                };
+            } else {
+                for l in 0..L {
+                    for r2 in 0..M {
+                        dst[l * M + r2].write(src[r2][l]);
+                    }
                 }
             }
         });
         for (r2, v) in row[full * M..].iter_mut().enumerate() {
             v.write(scratch[(r1 * M + r2) * stride + tr + full]);
         }
+    }
+}
+
+/// `dst[4·l + r] = src[16·r + l]` for r < 4, l < 16: four rows of 16 phases into 64 pixels
+/// (LLVM writes the portable loop as 64 scalar moves).
+///
+/// # Safety
+/// `src` must be readable for 64 floats, `dst` writable for 64, and the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_4x16(src: *const f32, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's guarantees; every access is within the 64 floats of each side.
+    unsafe {
+        let [a, b, c, d] = [0, 16, 32, 48].map(|o| _mm512_loadu_ps(src.add(o)));
+        let (ab_lo, ab_hi) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let (cd_lo, cd_hi) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+        let pairs = |x: __m512, y: __m512, hi: bool| {
+            let (x, y) = (_mm512_castps_pd(x), _mm512_castps_pd(y));
+            _mm512_castpd_ps(if hi { _mm512_unpackhi_pd(x, y) } else { _mm512_unpacklo_pd(x, y) })
+        };
+        // 128-bit lane j of p_k holds pixel group 4j + k: (a, b, c, d) at phase 4j + k.
+        let (p0, p1) = (pairs(ab_lo, cd_lo, false), pairs(ab_lo, cd_lo, true));
+        let (p2, p3) = (pairs(ab_hi, cd_hi, false), pairs(ab_hi, cd_hi, true));
+        // Then the 4 × 4 transpose of 128-bit lanes: output vector j is lane j of p0 … p3.
+        let t0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(p0, p1);
+        let t1 = _mm512_shuffle_f32x4::<0b01_00_01_00>(p2, p3);
+        let t2 = _mm512_shuffle_f32x4::<0b11_10_11_10>(p0, p1);
+        let t3 = _mm512_shuffle_f32x4::<0b11_10_11_10>(p2, p3);
+        _mm512_storeu_ps(dst, _mm512_shuffle_f32x4::<0b10_00_10_00>(t0, t1));
+        _mm512_storeu_ps(dst.add(16), _mm512_shuffle_f32x4::<0b11_01_11_01>(t0, t1));
+        _mm512_storeu_ps(dst.add(32), _mm512_shuffle_f32x4::<0b10_00_10_00>(t2, t3));
+        _mm512_storeu_ps(dst.add(48), _mm512_shuffle_f32x4::<0b11_01_11_01>(t2, t3));
     }
 }
 
