@@ -206,7 +206,7 @@ impl SharedMut {
     }
 }
 
-/// Where [`input_row`] writes one channel's transformed tiles: (ξ, t) at `at + ξ·xs + t`, for
+/// Where [`input_tiles`] writes one channel's transformed tiles: (ξ, t) at `at + ξ·xs + t`, for
 /// t below the block's tile count; the caller guarantees that this range is its own.
 #[derive(Clone, Copy)]
 struct Scatter {
