@@ -21,6 +21,7 @@ pub mod layer;
 mod legacy;
 mod model;
 mod pickle_guard;
+mod products;
 pub mod tape;
 pub mod weights;
 mod winograd;

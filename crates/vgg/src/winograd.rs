@@ -22,6 +22,7 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
+use crate::products::Operands;
 use crate::tape::Bits;
 
 /// The constant matrices of one Winograd variant: `bt` (a×a), `g` (a×3), `at` (m×a).
@@ -356,35 +357,15 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
         // 2. A² products M_ξ = U_ξ V_ξ, parallel over ξ
         let (vp, mp) = (SharedMut(v.as_mut_ptr()), SharedMut(mbuf.as_mut_ptr()));
         let u = &kernel.u;
+        let in_place = level == Simd::Avx512 && th * tw < IN_PLACE_BELOW;
         (0..A * A).into_par_iter().for_each(|xi| {
             // Each ξ reads its own C × tb block of `v` (at ξ·C·tb) and writes its own K × tb
-            // block of `mbuf` (at ξ·K·tb), the first nt ≤ tb columns of each row; no two ξ
-            // touch the same element, and both buffers outlive the parallel loop.
+            // block of `mbuf` (at ξ·K·tb), the first nt ≤ tb columns of each row (in place: up
+            // to the next multiple of 16 ≤ tb); no two ξ touch the same element, and both
+            // buffers outlive the parallel loop. U_ξ is K × C, row-major, at ξ·K·C.
             let (vx, mx) = (vp.ptr().wrapping_add(xi * c_in * tb), mp.ptr().wrapping_add(xi * k_out * tb));
-            // SAFETY: as above; U_ξ is K × C, row-major, at ξ·K·C.
-            unsafe {
-                gemm::gemm(
-                    k_out,
-                    nt,
-                    c_in,
-                    mx,
-                    1,
-                    tb as isize,
-                    false,
-                    u.as_ptr().add(xi * k_out * c_in),
-                    1,
-                    c_in as isize,
-                    vx as *const f32,
-                    1,
-                    tb as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            let ux = u[xi * k_out * c_in..(xi + 1) * k_out * c_in].as_ptr();
+            product(in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb }, nt);
         });
         // 3. output transform, parallel over images × output channels
         let mbuf = &mbuf;
@@ -409,6 +390,53 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
         g0 = g1;
     }
 }
+
+/// One ξ's product `M_ξ = U_ξ V_ξ` ([`Operands`]) over the first `nt` tiles: `in_place`
+/// ([`crate::products`], only where the CPU has AVX-512), else by `gemm`.
+fn product(in_place: bool, o: Operands, nt: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if in_place {
+        // SAFETY: `in_place` only where [`simd`] is AVX-512, which the CPU then has; the
+        // operands' bounds are the caller's ([`blocks`]), tb a multiple of 16 ([`block_shape`]).
+        unsafe { crate::products::product(o, nt) };
+        return;
+    }
+    let _ = in_place;
+    // SAFETY: as above; gemm reads the first nt columns of V_ξ and writes those of M_ξ.
+    unsafe {
+        gemm::gemm(
+            o.k,
+            nt,
+            o.c,
+            o.m,
+            1,
+            o.tb as isize,
+            false,
+            o.u,
+            1,
+            o.c as isize,
+            o.v,
+            1,
+            o.tb as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Images of fewer tiles than this have their products done in place on AVX-512 rather than
+/// by gemm: fewer than one of gemm's 64-tile register blocks, where its packing of `U_ξ` costs
+/// as much as the product. Decided per image size, never by the batch, so a batch's images are
+/// computed as alone. Measured on the project's Xeon (`runner bench --size 160 --height 120`,
+/// three rounds alternating): per evaluation 0.157–0.169 s with gemm throughout, 0.139–0.150 s
+/// in place below 64 tiles (conv4: 20 tiles, conv5: 6), 0.145–0.150 s below 1200 (every layer
+/// at that size); at 512×512 in place throughout was 0–5% slower (its layers have 64 tiles and
+/// more).
+const IN_PLACE_BELOW: usize = 64;
 
 /// Tiles per block at least (where the image has them): see [`dispatch`].
 const MIN_TILES: usize = 128;
@@ -899,6 +927,39 @@ pub(crate) mod tests {
                 let same = first.get_or_insert_with(|| out.clone());
                 let d = out.iter().zip(same.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(d < 1e-5, "{variant:?} {level:?} differs from {:?} by {d}", levels[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn products_in_place_and_by_gemm_are_the_sum_over_channels() {
+        // Every register-block shape of the in-place products (1–3 vectors of tiles and groups
+        // of 4, channel counts that leave 1–15 channels to the last block) against a sum in
+        // double precision; gemm's on the same operands, so that both paths are checked
+        // wherever this runs (the in-place one where the CPU has AVX-512).
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let paths: Vec<bool> = [false, true].into_iter().filter(|&p| !p || Simd::detected() == Simd::Avx512).collect();
+        for (c, k) in [(5, 3), (37, 13), (16, 40), (64, 25)] {
+            for nt in [1usize, 6, 16, 20, 33, 48, 64, 70, 130, 200] {
+                let tb = nt.next_multiple_of(16);
+                // Columns past nt hold values too: they are computed and must not be read.
+                let v: Vec<f32> = (0..c * tb).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let u: Vec<f32> = (0..k * c).map(|_| rng.random_range(-1.0..1.0)).collect();
+                for &in_place in &paths {
+                    let mut m = vec![f32::NAN; k * tb];
+                    let o = Operands { v: v.as_ptr(), u: u.as_ptr(), m: m.as_mut_ptr(), c, k, tb };
+                    product(in_place, o, nt);
+                    for j in 0..k {
+                        for t in 0..nt {
+                            let want: f64 = (0..c).map(|i| u[j * c + i] as f64 * v[i * tb + t] as f64).sum();
+                            let got = m[j * tb + t];
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "in place {in_place}, C {c}, K {k}, {nt} tiles: M[{j}][{t}] = {got}, want {want}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }
