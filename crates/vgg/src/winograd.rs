@@ -141,44 +141,53 @@ fn transform_kernel_t<const M: usize, const A: usize>(
 ) -> Vec<f32> {
     let mut u = vec![0f32; A * A * k_out * c_in];
     let plane = k_out * c_in;
-    // (k, c) pairs are independent: parallel over k, then scattered into the ξ-major layout.
-    let rows: Vec<Vec<f32>> = (0..k_out)
-        .into_par_iter()
-        .map(|k| {
-            let mut out = vec![0f32; A * A * c_in];
-            for c in 0..c_in {
-                let mut g = [[0f32; 3]; 3];
-                for (i, row) in g.iter_mut().enumerate() {
-                    for (j, v) in row.iter_mut().enumerate() {
-                        *v = if transpose_flip {
+    let up = SharedMut(u.as_mut_ptr());
+    // (k, c) pairs are independent: parallel over k, each k's rows written where they go, the
+    // arithmetic over 64 input channels at a time so that it vectorises (the same operations
+    // in the same order per value as one channel at a time: a 512 → 512 kernel took 57 ms so).
+    (0..k_out).into_par_iter().for_each(|k| {
+        const CB: usize = 64;
+        let mut g = [[[0f64; CB]; 3]; 3];
+        let mut tmp = [[[0f64; CB]; 3]; A];
+        let mut row = [0f32; CB];
+        for c0 in (0..c_in).step_by(CB) {
+            let n = CB.min(c_in - c0);
+            for (i, gi) in g.iter_mut().enumerate() {
+                for (j, gij) in gi.iter_mut().enumerate() {
+                    for (dc, v) in gij[..n].iter_mut().enumerate() {
+                        let c = c0 + dc;
+                        *v = f64::from(if transpose_flip {
                             w[((c * k_out + k) * 3 + (2 - i)) * 3 + (2 - j)]
                         } else {
                             w[((k * c_in + c) * 3 + i) * 3 + j]
-                        };
-                    }
-                }
-                // tmp = G g (A×3); U = tmp Gᵀ (A×A); accumulate in f64 once, at load time.
-                let mut tmp = [[0f64; 3]; A];
-                for (xi, trow) in tmp.iter_mut().enumerate() {
-                    for (j, v) in trow.iter_mut().enumerate() {
-                        *v = (0..3).map(|i| t.g[xi][i] as f64 * g[i][j] as f64).sum();
-                    }
-                }
-                for xi in 0..A {
-                    for xj in 0..A {
-                        let v: f64 = (0..3).map(|j| tmp[xi][j] * t.g[xj][j] as f64).sum();
-                        out[(xi * A + xj) * c_in + c] = v as f32;
+                        });
                     }
                 }
             }
-            out
-        })
-        .collect();
-    for (k, r) in rows.iter().enumerate() {
-        for xi in 0..A * A {
-            u[xi * plane + k * c_in..xi * plane + (k + 1) * c_in].copy_from_slice(&r[xi * c_in..(xi + 1) * c_in]);
+            // tmp = G g (A×3); U = tmp Gᵀ (A×A); in f64 once, at load time.
+            for (xi, ti) in tmp.iter_mut().enumerate() {
+                for (j, tij) in ti.iter_mut().enumerate() {
+                    let gx = t.g[xi].map(f64::from);
+                    for dc in 0..n {
+                        tij[dc] = gx[0] * g[0][j][dc] + gx[1] * g[1][j][dc] + gx[2] * g[2][j][dc];
+                    }
+                }
+            }
+            for xi in 0..A {
+                for xj in 0..A {
+                    let gx = t.g[xj].map(f64::from);
+                    let ti = &tmp[xi];
+                    for dc in 0..n {
+                        row[dc] = (ti[0][dc] * gx[0] + ti[1][dc] * gx[1] + ti[2][dc] * gx[2]) as f32;
+                    }
+                    let at = (xi * A + xj) * plane + k * c_in + c0;
+                    // SAFETY: row k of every ξ-plane, u[ξ·K·C + k·C ..][..C], is written by this
+                    // k alone; `u` outlives the parallel loop.
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), up.ptr().add(at), n) };
+                }
+            }
         }
-    }
+    });
     u
 }
 
