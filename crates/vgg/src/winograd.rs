@@ -944,9 +944,9 @@ pub(crate) mod tests {
     #[test]
     fn products_in_place_and_by_gemm_are_the_sum_over_channels() {
         // Every register-block shape of the in-place products (1–3 vectors of tiles and groups
-        // of 4, channel counts that leave 1–15 channels to the last block) against a sum in
-        // double precision; gemm's on the same operands, so that both paths are checked
-        // wherever this runs (the in-place one where the CPU has AVX-512).
+        // of 4; channel counts whose last block is narrower than the others, or the only one)
+        // against a sum in double precision; gemm's on the same operands, so that both paths
+        // are checked wherever this runs (the in-place one where the CPU has AVX-512).
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let paths: Vec<bool> = [false, true].into_iter().filter(|&p| !p || Simd::detected() == Simd::Avx512).collect();
         for (c, k) in [(5, 3), (37, 13), (16, 40), (64, 25)] {
