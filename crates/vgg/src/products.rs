@@ -10,8 +10,8 @@
 //! front to back (N sequential streams, prefetched a few lines ahead); `V_ξ` is read as the
 //! input transform wrote it, `[c][t]`, 16 tiles to a vector, a few rows ahead prefetched; the
 //! register block's shape follows the tile count (16 to 64 tiles). The caller uses this for
-//! images of fewer than 64 tiles ([`crate::winograd`]); from 64 tiles on gemm's blocking over
-//! the input channels, which keeps its packed operands in the first-level cache, wins.
+//! images of fewer than 64 tiles ([`crate::winograd`]): from 64 tiles on, gemm was as fast or
+//! faster (512×512, 2 threads: conv4 28.3 against 29.9 ms, conv5 7.8 against 8.5 ms).
 //!
 //! A register block is R vectors of 16 tiles × N output channels (R·N ≤ 24 accumulators), the
 //! sum over all C input channels in one pass: `acc ← fma(v, u, acc)` from 0, c = 0, 1, …, C − 1.
@@ -22,13 +22,15 @@
 use std::arch::x86_64::*;
 
 /// Rows of `V_ξ` prefetched ahead of the one in use: measured on the project's Xeon (one
-/// thread, the 36 products of a 512 → 512 layer), 0 / 4 / 8 / 16 rows: 20 tiles 7.5 / 6.4 /
-/// 5.7 / 5.7 ms, 6 tiles 4.1 / 3.1 / 2.8 / 3.1 ms.
+/// thread, the 36 products of a 512 → 512 layer, on a first version of these blocks that read
+/// `U_ξ` from a copy in panels), 0 / 4 / 8 / 16 rows: 20 tiles 7.5 / 6.4 / 5.7 / 5.7 ms,
+/// 6 tiles 4.1 / 3.1 / 2.8 / 3.1 ms.
 #[cfg(target_arch = "x86_64")]
 const AHEAD: usize = 8;
 
 /// Floats of each row of `U_ξ` prefetched ahead, once every 16 input channels (a cache line):
-/// 32 / 64 / 128 gave 5.9 / 5.5 / 5.8 ms on 20 tiles, as above.
+/// 32 / 64 / 128 gave 5.9 / 5.5 / 5.8 ms on 20 tiles (one thread, 36 products of 512 → 512;
+/// 6.1 ms without).
 #[cfg(target_arch = "x86_64")]
 const U_AHEAD: usize = 64;
 
