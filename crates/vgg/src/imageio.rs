@@ -202,8 +202,9 @@ mod tests {
         assert_eq!(resize(&img, Resize::LongSide(8)).dimensions(), (8, 6));
     }
 
-    fn temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("vgg-imageio-{}-{name}", std::process::id()));
+    /// Writes `bytes` as `name` in `dir` (a temporary directory the test owns and removes).
+    fn temp(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
         p
     }
@@ -240,28 +241,29 @@ mod tests {
     /// cost 1.7 GB. Both are refused now, the large one from its header alone.
     #[test]
     fn truncated_and_oversized_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
         let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
-        assert_eq!(load_rgb(&temp("ok.jpg", &jpeg)).unwrap().dimensions(), (64, 48));
+        assert_eq!(load_rgb(&temp(&dir, "ok.jpg", &jpeg)).unwrap().dimensions(), (64, 48));
         for cut in [1024.min(jpeg.len() - 1), jpeg.len() / 2, jpeg.len() - 2] {
-            let e = load_rgb(&temp("cut.jpg", &jpeg[..cut])).unwrap_err().to_string();
+            let e = load_rgb(&temp(&dir, "cut.jpg", &jpeg[..cut])).unwrap_err().to_string();
             assert!(e.contains("truncated"), "cut at {cut}: {e}");
         }
         let mut png = Vec::new();
         image::codecs::png::PngEncoder::new(&mut png)
             .write_image(img.as_raw(), 64, 48, image::ExtendedColorType::Rgb8)
             .unwrap();
-        assert!(load_rgb(&temp("ok.png", &png)).is_ok());
-        let e = load_rgb(&temp("cut.png", &png[..png.len() / 2])).unwrap_err();
+        assert!(load_rgb(&temp(&dir, "ok.png", &png)).is_ok());
+        let e = load_rgb(&temp(&dir, "cut.png", &png[..png.len() / 2])).unwrap_err();
         assert!(matches!(e, Error::Image { .. }), "the decoder's reason: {e}");
         let t = std::time::Instant::now();
-        let e = load_rgb(&temp("huge.png", &png_header(20000, 20000))).unwrap_err().to_string();
+        let e = load_rgb(&temp(&dir, "huge.png", &png_header(20000, 20000))).unwrap_err().to_string();
         assert!(e.contains("20000×20000") && e.contains("larger than"), "{e}");
-        let e = load_rgb(&temp("wide.png", &png_header(16000, 9000))).unwrap_err().to_string();
+        let e = load_rgb(&temp(&dir, "wide.png", &png_header(16000, 9000))).unwrap_err().to_string();
         assert!(e.contains("megapixels"), "{e}");
         assert!(t.elapsed().as_millis() < 500, "refused from the header");
-        let e = load_rgb(&temp("text.png", b"plain text")).unwrap_err().to_string();
+        let e = load_rgb(&temp(&dir, "text.png", b"plain text")).unwrap_err().to_string();
         assert!(e.contains("not a PNG or JPEG"), "{e}");
     }
 }
