@@ -626,8 +626,8 @@ fn combine<const A: usize, const L: usize>(row: &[f32; A], x: &[[f32; L]; A], in
 /// Runs the body with `L` lanes, one vector of `level` (AVX-512: [`LANES`]; AVX2 and below: 8,
 /// a ymm register), on groups from `from` on, then with `L = 1` on the rest up to `to`
 /// (`@groups n`: `n` lanes whatever the set). With 16 lanes on AVX2, every array of the input
-/// transform took two registers: at 512×512 on a Zen 3, 8 lanes took 37% fewer samples in its
-/// first half and 54% fewer in its second (2753 → 1744, 2876 → 1312; 160×120: −20%, −42%).
+/// transform took two registers: on a Zen 3, 8 lanes took 30% fewer samples (relative to gemm's)
+/// in its first half and 49% fewer in its second at 512×512, 18% and 46% at 160×120.
 macro_rules! in_lanes {
     ($level:expr, $from:expr, $to:expr, |$i:ident, $l:ident| $body:expr) => {{
         if $level == Simd::Avx512 {
@@ -777,10 +777,10 @@ fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 ) {
     let nt = t1 - t0;
     let (y, q) = scratch.split_at_mut(M * M * nt);
-    // Always 16 lanes: this pass took 9–16% more samples with 8 on AVX2 (Zen 3, 160×120 and
-    // 512×512), unlike the input transform's.
     #[cfg(not(target_arch = "x86_64"))]
     let _ = level;
+    // Always 16 lanes: this pass took 8–29% more samples (relative to gemm's) with 8 on AVX2
+    // (Zen 3, 160×120 and 512×512), unlike the input transform's.
     in_lanes!(@groups LANES, t0, t1, |t, L| {
         // Horizontal: q[ξi][r2] = Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj], L tiles at a time.
         for xi in 0..A {
