@@ -631,7 +631,7 @@ fn combine<const A: usize, const L: usize>(row: &[f32; A], x: &[[f32; L]; A], in
 macro_rules! in_lanes {
     ($level:expr, $from:expr, $to:expr, |$i:ident, $l:ident| $body:expr) => {{
         if $level == Simd::Avx512 {
-            in_lanes!(@groups 16, $from, $to, |$i, $l| $body)
+            in_lanes!(@groups LANES, $from, $to, |$i, $l| $body)
         } else {
             in_lanes!(@groups 8, $from, $to, |$i, $l| $body)
         }
