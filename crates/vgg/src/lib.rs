@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 mod conv;
+mod cpu;
 mod error;
 mod hugepage;
 pub mod imageio;
@@ -27,13 +28,13 @@ pub mod weights;
 mod winograd;
 
 pub use conv::{tf32_enabled, Conv3x3, ConvAlgorithm, Rectified};
+pub use cpu::{gemm_kernels, simd, Simd};
 pub use error::{Error, Result};
 pub use hugepage::HugePageAlloc;
 pub use imageio::{Preprocessing, Resize};
 pub use layer::{ConvId, Layer};
 pub use model::{Features, Pooling, Tape, Vgg19};
 pub use weights::{ConvWeights, VggWeights, WeightsFormat};
-pub use winograd::{gemm_kernels, simd, Simd};
 
 /// The value of `all` whose `name` is `s`, or an error naming the nearest and every valid name.
 pub(crate) fn parse_name<T: Copy>(s: &str, all: &[T], name: fn(T) -> &'static str, what: &'static str) -> Result<T> {

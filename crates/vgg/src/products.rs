@@ -1,25 +1,28 @@
-//! The Winograd products `M_ξ (K × T) = U_ξ (K × C) · V_ξ (C × T)` on AVX-512 for images of
-//! few tiles, reading both operands where they lie.
+//! The Winograd products `M_ξ (K × T) = U_ξ (K × C) · V_ξ (C × T)` on AVX-512 or AVX2+FMA for
+//! images of few tiles, reading both operands where they lie.
 //!
-//! `gemm` packs both operands into panels of its own at every call, and its AVX-512 kernels
-//! work on 64 tiles at a time. For the deep layers of a small image both cost: at 160×120 conv4
-//! has 20 tiles and conv5 6, so each element of `U_ξ` (up to 512 × 512 floats per ξ, 38 MB per
-//! layer) is used 20 or 6 times after being copied, and gemm's products there ran at 35–40
-//! GFLOP/s (2 cores, 6 tiles) against 140–180 on large images. Here `U_ξ` is read in its own
-//! layout, `[k][c]`: a register block of N output channels reads N rows side by side, each
-//! front to back (N sequential streams, prefetched a few lines ahead); `V_ξ` is read as the
-//! input transform wrote it, `[c][t]`, 16 tiles to a vector, a few rows ahead prefetched; the
-//! register block's shape follows the tile count (16 to 64 tiles). The caller uses this for
-//! images of fewer than 64 tiles ([`crate::winograd`]): from 64 tiles on, gemm was as fast or
-//! faster (512×512, 2 threads: conv4 28.3 against 29.9 ms, conv5 7.8 against 8.5 ms).
+//! `gemm` packs both operands into panels of its own at every call, and its kernels work on 64
+//! (AVX-512) or 16 (AVX2) tiles at a time, the rest in narrower kernels with idle lanes. For the
+//! deep layers of a small image both cost: at 160×120 conv4 has 20 tiles and conv5 6, so each
+//! element of `U_ξ` (up to 512 × 512 floats per ξ, 38 MB per layer) is used 20 or 6 times
+//! after being copied, and gemm's products there ran at 35–40 GFLOP/s (AVX-512, 2 cores, 6
+//! tiles) against 140–180 on large images. Here `U_ξ` is read in its own layout, `[k][c]`: a
+//! register block of N output channels reads N rows side by side, each front to back (N
+//! sequential streams, prefetched a few lines ahead); `V_ξ` is read as the input transform
+//! wrote it, `[c][t]`, one vector of tiles at a time, a few rows ahead prefetched; the register
+//! block's shape follows the tile count. The caller ([`crate::winograd`]) uses this for images
+//! of fewer tiles than [`Vector::BELOW`] of the instruction set: from there on, gemm was as
+//! fast or faster.
 //!
-//! A register block is R vectors of 16 tiles × N output channels (R·N ≤ 24 accumulators), the
-//! sum over all C input channels in one pass: `acc ← fma(v, u, acc)` from 0, c = 0, 1, …, C − 1.
-//! Each tile's sum is its own vector lane, in that order whatever the block's shape, so a tile
-//! gets the same bits wherever its block starts.
+//! A register block is R vectors of tiles × N output channels (at most [`Vector::ACC`]
+//! accumulators), the sum over all C input channels in one pass: `acc ← fma(v, u, acc)` from
+//! 0, c = 0, 1, …, C − 1. Each tile's sum is its own vector lane, in that order whatever the
+//! block's shape, so a tile gets the same bits wherever its block starts.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+use crate::cpu::Simd;
 
 /// Rows of `V_ξ` prefetched ahead of the one in use: measured on the project's Xeon (one
 /// thread, the 36 products of a 512 → 512 layer, on a first version of these blocks that read
@@ -49,33 +52,193 @@ pub(crate) struct Operands {
     pub tb: usize,
 }
 
-/// `M_ξ[k][t] = Σ_c U_ξ[k][c] V_ξ[c][t]` for every output channel k < K and every tile
-/// t < ⌈nt/16⌉·16 (≤ tb: the lanes past `nt` compute whatever `V_ξ` holds there and are never
-/// read).
+/// Whether images of `tiles` tiles have their products done here on `level` rather than by
+/// gemm: below [`Vector::BELOW`] of the set, never on the baseline. Decided per image size,
+/// never by the batch, so that a batch's images are computed as alone.
+pub(crate) fn in_place(level: Simd, tiles: usize) -> bool {
+    match level {
+        Simd::Avx512 => tiles < <Zmm as Vector>::BELOW,
+        Simd::Avx2 => tiles < <Ymm as Vector>::BELOW,
+        Simd::Baseline => false,
+    }
+}
+
+/// `M_ξ[k][t] = Σ_c U_ξ[k][c] V_ξ[c][t]` for every output channel k < K and every tile t below
+/// `nt` rounded up to the set's vector (≤ tb: the lanes past `nt` compute whatever `V_ξ` holds
+/// there and are never read).
 ///
 /// # Safety
-/// The CPU must have AVX-512F. `v` must be readable for C rows of `tb` floats, `u` for K rows
-/// of C floats, `m` writable for K rows of `tb` floats, and nothing else may write them
-/// meanwhile; `nt ≤ tb`, `tb` a multiple of 16.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn product(o: Operands, nt: usize) {
+/// The CPU must have `level`'s instructions ([`Simd::Avx512`]: AVX-512F; [`Simd::Avx2`]: AVX2
+/// and FMA); `level` is not the baseline. `v` must be readable for C rows of `tb` floats, `u`
+/// for K rows of C floats, `m` writable for K rows of `tb` floats, and nothing else may write
+/// them meanwhile; `nt ≤ tb`, `tb` a multiple of 16.
+pub(crate) unsafe fn product(level: Simd, o: Operands, nt: usize) {
     debug_assert!(o.tb.is_multiple_of(16) && nt <= o.tb);
-    let vectors = nt.div_ceil(16);
-    let (whole, rest) = (vectors / 4 * 4, vectors % 4);
-    // SAFETY: the caller's bounds; each block reads rows of `v` from column t0 for R vectors
-    // (t0 + 16·R ≤ tb), rows k0..k0 + n of `u` (k0 + n ≤ K), and writes that part of `m`.
-    unsafe {
-        // Groups of 4 vectors (64 tiles) with the output channels outside, so that the
-        // channels' rows of `U_ξ` are reused from cache by every group; then the rest.
-        by_channels::<4, 6>(o, 0, whole * 16);
-        let t0 = whole * 16;
-        match rest {
-            1 => by_channels::<1, 16>(o, t0, t0 + 16),
-            2 => by_channels::<2, 12>(o, t0, t0 + 32),
-            3 => by_channels::<3, 8>(o, t0, t0 + 48),
-            _ => {}
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn wide(o: Operands, nt: usize) {
+            // SAFETY: the caller's bounds and CPU.
+            unsafe { blocks::<Zmm>(o, nt) }
         }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn narrow(o: Operands, nt: usize) {
+            // SAFETY: the caller's bounds and CPU.
+            unsafe { blocks::<Ymm>(o, nt) }
+        }
+        match level {
+            // SAFETY: the caller's bounds and CPU.
+            Simd::Avx512 => return unsafe { wide(o, nt) },
+            // SAFETY: as above.
+            Simd::Avx2 => return unsafe { narrow(o, nt) },
+            Simd::Baseline => {}
+        }
+    }
+    unreachable!("in-place products on {level:?}")
+}
+
+/// One vector register of floats and what the blocks do with it. Every method is inlined into
+/// a function compiled for the set ([`product`]), whose caller guarantees the CPU has it.
+#[cfg(target_arch = "x86_64")]
+trait Vector: Copy {
+    /// Floats a vector holds.
+    const LANES: usize;
+    /// Accumulators a register block may hold: 24 of AVX-512's 32 registers, 12 of AVX2's 16
+    /// (the rest hold a row of tiles and the broadcast weight).
+    const ACC: usize;
+    /// Images of fewer tiles than this are done here ([`in_place`]).
+    const BELOW: usize;
+    /// The block shapes: vectors of tiles × output channels of the groups every image's tiles
+    /// are cut into, and the output channels of a block of the 1, 2, … vectors left over.
+    const GROUP: (usize, usize);
+    const REST: &'static [usize];
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    /// `a · b + c`, rounded once.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+}
+
+/// AVX-512's vector.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Zmm(__m512);
+
+#[cfg(target_arch = "x86_64")]
+impl Vector for Zmm {
+    const LANES: usize = 16;
+    const ACC: usize = 24;
+    /// Measured on the project's Xeon (`runner bench --size 160 --height 120`, three rounds
+    /// alternating): per evaluation 0.157–0.169 s with gemm throughout, 0.139–0.150 s in place
+    /// below 64 tiles (conv4: 20 tiles, conv5: 6), 0.145–0.150 s below 1200 (every layer at that
+    /// size); at 512×512 in place throughout was 0–5% slower (its layers have 64 tiles and more).
+    const BELOW: usize = 64;
+    /// 4 vectors (64 tiles) × 6 channels, then 1 × 16, 2 × 12, 3 × 8.
+    const GROUP: (usize, usize) = (4, 6);
+    const REST: &'static [usize] = &[16, 12, 8];
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX-512F, by the caller.
+        Zmm(unsafe { _mm512_setzero_ps() })
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: AVX-512F and 16 readable floats at p, by the caller.
+        Zmm(unsafe { _mm512_loadu_ps(p) })
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: AVX-512F, by the caller.
+        Zmm(unsafe { _mm512_set1_ps(x) })
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: AVX-512F, by the caller.
+        Zmm(unsafe { _mm512_fmadd_ps(a.0, b.0, c.0) })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: AVX-512F and 16 writable floats at p, by the caller.
+        unsafe { _mm512_storeu_ps(p, self.0) }
+    }
+}
+
+/// AVX2's vector.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Ymm(__m256);
+
+#[cfg(target_arch = "x86_64")]
+impl Vector for Ymm {
+    const LANES: usize = 8;
+    const ACC: usize = 12;
+    /// Measured on a Zen 3 (2 threads, the 36 products of one block, the two paths alternating,
+    /// best of 15 each, in place / gemm): 512 → 512 channels on 6 tiles 0.71–0.86, on 20 tiles
+    /// 0.86–0.92; on 64 tiles 1.17–1.18, 128 tiles 1.22; 256 → 256 on 80 tiles 1.06–1.17.
+    /// (With 64 or 128 input channels and 140–200 tiles in place was 3–17% faster, but such
+    /// layers are blocks of large images, whose deep layers want gemm.)
+    const BELOW: usize = 64;
+    /// 3 vectors (24 tiles) × 4 channels, then 1 × 10 and 2 × 6. On 20 tiles 3 × 4 took 15–18%
+    /// fewer samples than 2 × 6 and 1 × 12 (`runner bench --size 160 --height 120`); on 6 tiles
+    /// 1 × 10 0.82 of gemm's time where 1 × 8 took 0.85–0.91 and 1 × 12 0.85–0.95.
+    const GROUP: (usize, usize) = (3, 4);
+    const REST: &'static [usize] = &[10, 6];
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX, by the caller.
+        Ymm(unsafe { _mm256_setzero_ps() })
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: AVX and 8 readable floats at p, by the caller.
+        Ymm(unsafe { _mm256_loadu_ps(p) })
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: AVX, by the caller.
+        Ymm(unsafe { _mm256_set1_ps(x) })
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: FMA, by the caller.
+        Ymm(unsafe { _mm256_fmadd_ps(a.0, b.0, c.0) })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: AVX and 8 writable floats at p, by the caller.
+        unsafe { _mm256_storeu_ps(p, self.0) }
+    }
+}
+
+/// Every block of one product: the tiles in groups of [`Vector::GROUP`] with the output
+/// channels outside, so that the channels' rows of `U_ξ` are reused from cache by every group;
+/// then the vectors left over.
+///
+/// # Safety
+/// As [`product`], inlined into a function compiled for `V`'s set.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn blocks<V: Vector>(o: Operands, nt: usize) {
+    let vectors = nt.div_ceil(V::LANES);
+    let (group, _) = V::GROUP;
+    let (whole, rest) = (vectors / group * group, vectors % group);
+    let t0 = whole * V::LANES;
+    // SAFETY: the caller's bounds; each block reads rows of `v` from column t for R vectors
+    // (t + R·LANES ≤ ⌈nt/LANES⌉·LANES ≤ tb), rows k0..k0 + n of `u` (k0 + n ≤ K), and writes
+    // that part of `m`.
+    unsafe {
+        macro_rules! shapes {
+            ($($r:literal)*) => {
+                $(if $r == group {
+                    by_channels::<V, $r>(o, 0, t0, V::GROUP.1);
+                })*
+                $(if $r == rest {
+                    by_channels::<V, $r>(o, t0, t0 + $r * V::LANES, V::REST[rest - 1]);
+                })*
+            };
+        }
+        shapes!(1 2 3 4);
     }
 }
 
@@ -85,34 +248,31 @@ pub(crate) unsafe fn product(o: Operands, nt: usize) {
 /// As [`product`], with `t1 ≤ tb`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn by_channels<const R: usize, const N: usize>(o: Operands, t0: usize, t1: usize) {
-    if t0 == t1 {
-        return;
-    }
+unsafe fn by_channels<V: Vector, const R: usize>(o: Operands, t0: usize, t1: usize, width: usize) {
     let mut k0 = 0;
-    while k0 < o.k {
-        let n = (o.k - k0).min(N);
-        for t in (t0..t1).step_by(16 * R) {
-            // SAFETY: the caller's bounds; k0 + n ≤ K, t + 16·R ≤ t1.
-            unsafe { channels::<R>(o, t, k0, n) };
+    while t0 < t1 && k0 < o.k {
+        let n = (o.k - k0).min(width);
+        for t in (t0..t1).step_by(V::LANES * R) {
+            // SAFETY: the caller's bounds; k0 + n ≤ K, t + R·LANES ≤ t1.
+            unsafe { channels::<V, R>(o, t, k0, n) };
         }
         k0 += n;
     }
 }
 
-/// One register block of R vectors of tiles from `t0` and `n` ≤ 24 / R output channels from
+/// One register block of R vectors of tiles from `t0` and `n` ≤ ACC / R output channels from
 /// `k0` (a block for each width, so that the accumulators are registers).
 ///
 /// # Safety
 /// As [`by_channels`], with `k0 + n ≤ K`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn channels<const R: usize>(o: Operands, t0: usize, k0: usize, n: usize) {
+unsafe fn channels<V: Vector, const R: usize>(o: Operands, t0: usize, k0: usize, n: usize) {
     macro_rules! widths {
         ($($n:literal)*) => {
             match n {
                 // SAFETY: the caller's bounds.
-                $($n if R * $n <= 24 => unsafe { block::<R, $n>(o, t0, k0) },)*
+                $($n if R * $n <= V::ACC => unsafe { block::<V, R, $n>(o, t0, k0) },)*
                 _ => unreachable!("a register block of {R} × {n}"),
             }
         };
@@ -120,41 +280,48 @@ unsafe fn channels<const R: usize>(o: Operands, t0: usize, k0: usize, n: usize) 
     widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }
 
-/// The register block: `acc[j][r]` for channel k0 + j and tiles t0 + 16·r … t0 + 16·r + 15.
+/// The register block: `acc[j][r]` for channel k0 + j and tiles t0 + LANES·r and the LANES
+/// after.
 ///
 /// # Safety
-/// As [`channels`], where the CPU's AVX-512F is enabled.
+/// As [`channels`], where the CPU's `V` is enabled.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block<const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize) {
+unsafe fn block<V: Vector, const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize) {
     // SAFETY: every address read or written is inside the operands by the caller's bounds;
     // prefetches past them are hints that do not fault.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); R]; N];
+        let mut acc = [[V::zero(); R]; N];
         let (mut v, mut u) = (o.v.add(t0), o.u.add(k0 * o.c));
-        for c in 0..o.c {
-            if c % 16 == 0 {
-                for j in 0..N {
-                    _mm_prefetch::<_MM_HINT_T0>(u.wrapping_add(j * o.c + U_AHEAD).cast());
+        // Input channels in runs of 16 (a cache line of each row of `U_ξ`), each run after the
+        // prefetches of its lines ahead: a test for the run's start inside the loop made LLVM
+        // keep AVX2's accumulators on the stack.
+        let mut c = 0;
+        while c < o.c {
+            for j in 0..N {
+                _mm_prefetch::<_MM_HINT_T0>(u.wrapping_add(j * o.c + U_AHEAD).cast());
+            }
+            let run = (o.c - c).min(16);
+            for _ in 0..run {
+                for r in (0..R).step_by(16 / V::LANES) {
+                    _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(AHEAD * o.tb + V::LANES * r).cast());
                 }
-            }
-            for r in 0..R {
-                _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(AHEAD * o.tb + 16 * r).cast());
-            }
-            let x: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(v.add(16 * r)));
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let w = _mm512_set1_ps(*u.add(j * o.c));
-                for r in 0..R {
-                    acc[r] = _mm512_fmadd_ps(x[r], w, acc[r]);
+                let x: [V; R] = std::array::from_fn(|r| V::load(v.add(V::LANES * r)));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let w = V::splat(*u.add(j * o.c));
+                    for r in 0..R {
+                        acc[r] = V::fma(x[r], w, acc[r]);
+                    }
                 }
+                v = v.add(o.tb);
+                u = u.add(1);
             }
-            v = v.add(o.tb);
-            u = u.add(1);
+            c += run;
         }
         let m = o.m.add(k0 * o.tb + t0);
         for (j, acc) in acc.iter().enumerate() {
             for (r, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(m.add(j * o.tb + 16 * r), *a);
+                a.store(m.add(j * o.tb + V::LANES * r));
             }
         }
     }

@@ -5,7 +5,7 @@
 //! `V = Bᵀ d B`, the kernel to `U = G g Gᵀ`, and `Y = Aᵀ (Σ_c U ⊙ V) A`. The sum over input
 //! channels is, for each of the a² transform positions ξ, one matrix product
 //! `M_ξ (K × T) = U_ξ (K × C) · V_ξ (C × T)` over the T tiles, done by the `gemm` crate, or in
-//! place ([`crate::products`]) for images of few tiles on AVX-512.
+//! place ([`crate::products`]) for images of few tiles on AVX-512 and AVX2.
 //! F(4×4, 3×3) needs 36 multiplications per 16 outputs where the direct convolution needs 144.
 //!
 //! Work is done in blocks of whole tile rows so that the transformed input and output of a block
@@ -23,7 +23,8 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use crate::products::Operands;
+use crate::cpu::{simd, Simd};
+use crate::products::{self, Operands};
 use crate::tape::Bits;
 
 /// The constant matrices of one Winograd variant: `bt` (a×a), `g` (a×3), `at` (m×a).
@@ -367,7 +368,7 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
         // 2. A² products M_ξ = U_ξ V_ξ, parallel over ξ
         let (vp, mp) = (SharedMut(v.as_mut_ptr()), SharedMut(mbuf.as_mut_ptr()));
         let u = &kernel.u;
-        let in_place = level == Simd::Avx512 && th * tw < IN_PLACE_BELOW;
+        let in_place = products::in_place(level, th * tw);
         (0..A * A).into_par_iter().for_each(|xi| {
             // Each ξ reads its own C × tb block of `v` (at ξ·C·tb) and writes its own K × tb
             // block of `mbuf` (at ξ·K·tb), the first nt ≤ tb columns of each row (in place: up
@@ -375,7 +376,7 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
             // buffers outlive the parallel loop. U_ξ is K × C, row-major, at ξ·K·C.
             let (vx, mx) = (vp.ptr().wrapping_add(xi * c_in * tb), mp.ptr().wrapping_add(xi * k_out * tb));
             let ux = u[xi * k_out * c_in..(xi + 1) * k_out * c_in].as_ptr();
-            product(in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb }, nt);
+            product(level, in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb }, nt);
         });
         // 3. output transform, parallel over images × output channels
         let mbuf = &mbuf;
@@ -401,17 +402,16 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
     }
 }
 
-/// One ξ's product `M_ξ = U_ξ V_ξ` ([`Operands`]) over the first `nt` tiles: `in_place`
-/// ([`crate::products`], only where the CPU has AVX-512), else by `gemm`.
-fn product(in_place: bool, o: Operands, nt: usize) {
-    #[cfg(target_arch = "x86_64")]
+/// One ξ's product `M_ξ = U_ξ V_ξ` ([`Operands`]) over the first `nt` tiles: in place on
+/// `level` ([`crate::products`]) when `in_place`, else by `gemm`.
+fn product(level: Simd, in_place: bool, o: Operands, nt: usize) {
     if in_place {
-        // SAFETY: `in_place` only where [`simd`] is AVX-512, which the CPU then has; the
-        // operands' bounds are the caller's ([`blocks`]), tb a multiple of 16 ([`block_shape`]).
-        unsafe { crate::products::product(o, nt) };
+        // SAFETY: `in_place` only where `products::in_place` says so for [`simd`]'s set, which
+        // the CPU has and is not the baseline; the operands' bounds are the caller's
+        // ([`blocks`]), tb a multiple of 16 ([`block_shape`]).
+        unsafe { products::product(level, o, nt) };
         return;
     }
-    let _ = in_place;
     // SAFETY: as above; gemm reads the first nt columns of V_ξ and writes those of M_ξ.
     unsafe {
         gemm::gemm(
@@ -438,92 +438,8 @@ fn product(in_place: bool, o: Operands, nt: usize) {
     }
 }
 
-/// Images of fewer tiles than this have their products done in place on AVX-512 rather than
-/// by gemm: fewer than one of gemm's 64-tile register blocks, where its packing of `U_ξ` costs
-/// as much as the product. Decided per image size, never by the batch, so a batch's images are
-/// computed as alone. Measured on the project's Xeon (`runner bench --size 160 --height 120`,
-/// three rounds alternating): per evaluation 0.157–0.169 s with gemm throughout, 0.139–0.150 s
-/// in place below 64 tiles (conv4: 20 tiles, conv5: 6), 0.145–0.150 s below 1200 (every layer
-/// at that size); at 512×512 in place throughout was 0–5% slower (its layers have 64 tiles and
-/// more).
-const IN_PLACE_BELOW: usize = 64;
-
 /// Tiles per block at least (where the image has them): see [`dispatch`].
 const MIN_TILES: usize = 128;
-
-/// The instruction set the transforms run with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Simd {
-    /// The build's baseline target (x86-64: SSE2).
-    Baseline,
-    /// AVX2 with FMA, 256-bit vectors.
-    Avx2,
-    /// AVX-512 (F, VL) with FMA, 512-bit vectors.
-    Avx512,
-}
-
-impl Simd {
-    /// The name `NST_CPU` takes and `runner bench` prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            Simd::Baseline => "baseline",
-            Simd::Avx2 => "avx2",
-            Simd::Avx512 => "avx512",
-        }
-    }
-
-    /// The best set this CPU runs.
-    pub fn detected() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            if fma && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
-                return Simd::Avx512;
-            }
-            if fma {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Baseline
-    }
-}
-
-/// The set the transforms use, chosen once: the best this CPU runs, or at most the one named by
-/// `NST_CPU` (`avx512`, `avx2`, `baseline`), so that each path can be measured on one machine.
-/// (It sets the transforms' instructions; the matrix products' kernels are gemm's choice:
-/// [`gemm_kernels`].)
-/// A set the CPU lacks is never used (its instructions would fault); an unknown name is
-/// ignored.
-pub fn simd() -> Simd {
-    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        let best = Simd::detected();
-        let asked = match std::env::var("NST_CPU").as_deref() {
-            Ok("avx512") => Simd::Avx512,
-            Ok("avx2") => Simd::Avx2,
-            Ok("baseline") => Simd::Baseline,
-            _ => best,
-        };
-        asked.min(best)
-    })
-}
-
-/// The instruction set of gemm's micro-kernels (the Winograd products and candle's matrix
-/// products): AVX-512 when this build has the `avx512` feature and the CPU has AVX-512F, else
-/// AVX2+FMA when the CPU has them, else the baseline. gemm chooses at run time; `NST_CPU` does
-/// not reach it.
-pub fn gemm_kernels() -> Simd {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    {
-        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
-            return Simd::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("fma") {
-            return Simd::Avx2;
-        }
-    }
-    Simd::Baseline
-}
 
 /// Defines `$name(level, args…)`: `$impl(level, args…)` compiled for AVX-512 or AVX2+FMA when
 /// `level` says so (the caller guarantees the CPU has it: [`simd`]), else for the baseline
@@ -1069,29 +985,31 @@ pub(crate) mod tests {
 
     #[test]
     fn products_in_place_and_by_gemm_are_the_sum_over_channels() {
-        // Every register-block shape of the in-place products (1–3 vectors of tiles and groups
-        // of 4; channel counts whose last block is narrower than the others, or the only one)
-        // against a sum in double precision; gemm's on the same operands, so that both paths
-        // are checked wherever this runs (the in-place one where the CPU has AVX-512).
+        // Every register-block shape of the in-place products on each set the CPU has (AVX-512:
+        // 1–3 vectors of 16 tiles and groups of 4; AVX2: 1 vector of 8 and groups of 2; channel
+        // counts whose last block is narrower than the others, or the only one) against a sum
+        // in double precision; gemm's on the same operands, so that it is checked wherever this
+        // runs.
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let paths: Vec<bool> = [false, true].into_iter().filter(|&p| !p || Simd::detected() == Simd::Avx512).collect();
+        let sets = [Simd::Avx2, Simd::Avx512].into_iter().filter(|&l| l <= Simd::detected());
+        let paths: Vec<Option<Simd>> = std::iter::once(None).chain(sets.map(Some)).collect();
         for (c, k) in [(5, 3), (37, 13), (16, 40), (64, 25)] {
-            for nt in [1usize, 6, 16, 20, 33, 48, 64, 70, 130, 200] {
+            for nt in [1usize, 6, 8, 9, 16, 20, 33, 48, 64, 70, 130, 200] {
                 let tb = nt.next_multiple_of(16);
                 // Columns past nt hold values too: they are computed and must not be read.
                 let v: Vec<f32> = (0..c * tb).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let u: Vec<f32> = (0..k * c).map(|_| rng.random_range(-1.0..1.0)).collect();
-                for &in_place in &paths {
+                for &path in &paths {
                     let mut m = vec![f32::NAN; k * tb];
                     let o = Operands { v: v.as_ptr(), u: u.as_ptr(), m: m.as_mut_ptr(), c, k, tb };
-                    product(in_place, o, nt);
+                    product(path.unwrap_or(Simd::Baseline), path.is_some(), o, nt);
                     for j in 0..k {
                         for t in 0..nt {
                             let want: f64 = (0..c).map(|i| u[j * c + i] as f64 * v[i * tb + t] as f64).sum();
                             let got = m[j * tb + t];
                             assert!(
                                 (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                "in place {in_place}, C {c}, K {k}, {nt} tiles: M[{j}][{t}] = {got}, want {want}"
+                                "in place {path:?}, C {c}, K {k}, {nt} tiles: M[{j}][{t}] = {got}, want {want}"
                             );
                         }
                     }

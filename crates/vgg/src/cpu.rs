@@ -1,0 +1,76 @@
+//! The instruction sets the CPU code runs with: the best this CPU has, or the one `NST_CPU`
+//! names, so that each path can be measured on one machine.
+
+/// The instruction set the transforms run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// The build's baseline target (x86-64: SSE2).
+    Baseline,
+    /// AVX2 with FMA, 256-bit vectors.
+    Avx2,
+    /// AVX-512 (F, VL) with FMA, 512-bit vectors.
+    Avx512,
+}
+
+impl Simd {
+    /// The name `NST_CPU` takes and `runner bench` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Baseline => "baseline",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+
+    /// The best set this CPU runs.
+    pub fn detected() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if fma && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                return Simd::Avx512;
+            }
+            if fma {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    }
+}
+
+/// The set the transforms use, chosen once: the best this CPU runs, or at most the one named by
+/// `NST_CPU` (`avx512`, `avx2`, `baseline`), so that each path can be measured on one machine.
+/// (It sets the transforms' instructions; the matrix products' kernels are gemm's choice:
+/// [`gemm_kernels`].)
+/// A set the CPU lacks is never used (its instructions would fault); an unknown name is
+/// ignored.
+pub fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let best = Simd::detected();
+        let asked = match std::env::var("NST_CPU").as_deref() {
+            Ok("avx512") => Simd::Avx512,
+            Ok("avx2") => Simd::Avx2,
+            Ok("baseline") => Simd::Baseline,
+            _ => best,
+        };
+        asked.min(best)
+    })
+}
+
+/// The instruction set of gemm's micro-kernels (the Winograd products and candle's matrix
+/// products): AVX-512 when this build has the `avx512` feature and the CPU has AVX-512F, else
+/// AVX2+FMA when the CPU has them, else the baseline. gemm chooses at run time; `NST_CPU` does
+/// not reach it.
+pub fn gemm_kernels() -> Simd {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return Simd::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Baseline
+}
