@@ -223,9 +223,17 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
             return Err(format!("the view reaches element {last} of a storage of {elements} elements"));
         }
     }
-    // Element offsets in row-major order; each is ≤ `last`, checked above.
+    // Element offsets in row-major order; each is ≤ `last`, checked above. A row-major view
+    // (every tensor of the weight files the project fetches) is one run of the storage, read
+    // as a range: walking the strides element by element took 0.2 s of the 1.3 s a run spends
+    // before its first evaluation (the 8-bit VGG19, 20 M elements).
+    let row_major =
+        t.shape.iter().zip(&t.stride).rev().try_fold(1usize, |n, (d, s)| (*d <= 1 || *s == n).then(|| n * d));
+    if row_major.is_some() {
+        return Ok(convert(storage, t, t.offset..t.offset + numel));
+    }
     let mut index = vec![0usize; t.shape.len()];
-    let mut next = || {
+    let strided = (0..numel).map(|_| {
         let o = t.offset + index.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
         for d in (0..index.len()).rev() {
             index[d] += 1;
@@ -235,31 +243,34 @@ fn gather(storage: &[u8], t: &TensorRef) -> Result<RawTensor, String> {
             index[d] = 0;
         }
         o
-    };
+    });
+    Ok(convert(storage, t, strided))
+}
+
+/// The elements of `t` at `offsets` (in elements of its type, inside `storage`: checked by
+/// [`gather`]), in that order, as floats or bytes.
+fn convert(storage: &[u8], t: &TensorRef, offsets: impl Iterator<Item = usize>) -> RawTensor {
+    let size = t.dtype.size();
     let word = |o: usize| -> [u8; 8] {
         let mut b = [0u8; 8];
         b[..size].copy_from_slice(&storage[o * size..(o + 1) * size]);
         b
     };
     let shape = t.shape.clone();
-    Ok(match t.dtype {
-        RawDType::U8 => RawTensor::U8 { shape, data: (0..numel).map(|_| storage[next()]).collect() },
+    match t.dtype {
+        RawDType::U8 => RawTensor::U8 { shape, data: offsets.map(|o| storage[o]).collect() },
         RawDType::F32 => RawTensor::F32 {
             shape,
-            data: (0..numel)
-                .map(|_| {
-                    let w = word(next());
+            data: offsets
+                .map(|o| {
+                    let w = word(o);
                     f32::from_le_bytes([w[0], w[1], w[2], w[3]])
                 })
                 .collect(),
         },
-        RawDType::F64 => {
-            RawTensor::F32 { shape, data: (0..numel).map(|_| f64::from_le_bytes(word(next())) as f32).collect() }
-        }
-        RawDType::I64 => {
-            RawTensor::F32 { shape, data: (0..numel).map(|_| i64::from_le_bytes(word(next())) as f32).collect() }
-        }
-    })
+        RawDType::F64 => RawTensor::F32 { shape, data: offsets.map(|o| f64::from_le_bytes(word(o)) as f32).collect() },
+        RawDType::I64 => RawTensor::F32 { shape, data: offsets.map(|o| i64::from_le_bytes(word(o)) as f32).collect() },
+    }
 }
 
 #[cfg(test)]
