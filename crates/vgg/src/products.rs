@@ -56,10 +56,18 @@ pub(crate) struct Operands {
 /// gemm: below [`Vector::BELOW`] of the set, never on the baseline. Decided per image size,
 /// never by the batch, so that a batch's images are computed as alone.
 pub(crate) fn in_place(level: Simd, tiles: usize) -> bool {
-    match level {
-        Simd::Avx512 => tiles < <Zmm as Vector>::BELOW,
-        Simd::Avx2 => tiles < <Ymm as Vector>::BELOW,
-        Simd::Baseline => false,
+    #[cfg(target_arch = "x86_64")]
+    {
+        match level {
+            Simd::Avx512 => tiles < <Zmm as Vector>::BELOW,
+            Simd::Avx2 => tiles < <Ymm as Vector>::BELOW,
+            Simd::Baseline => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (level, tiles);
+        false
     }
 }
 

@@ -417,9 +417,10 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
 /// `level` ([`crate::products`]) when `in_place`, else by `gemm`.
 fn product(level: Simd, in_place: bool, o: Operands, nt: usize) {
     if in_place {
-        // SAFETY: `in_place` only where `products::in_place` says so for [`simd`]'s set, which
-        // the CPU has and is not the baseline; the operands' bounds are the caller's
-        // ([`blocks`]), tb a multiple of 16 ([`block_shape`]).
+        // SAFETY: `in_place` only where `products::in_place` says so for `level`, a set the
+        // CPU has ([`simd`], or at most [`Simd::detected`] in tests) other than the baseline;
+        // the operands' bounds are the caller's ([`blocks`]), tb a multiple of 16
+        // ([`block_shape`]).
         unsafe { products::product(level, o, nt) };
         return;
     }
