@@ -228,6 +228,9 @@ impl Vector for Ymm {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn blocks<V: Vector>(o: Operands, nt: usize) {
+    // `shapes!` below has blocks for groups of up to 4 vectors, and a rest width for each
+    // count of vectors a group can leave over: a set outside that would skip tiles silently.
+    const { assert!(V::GROUP.0 >= 1 && V::GROUP.0 <= 4 && V::REST.len() + 1 == V::GROUP.0) };
     let vectors = nt.div_ceil(V::LANES);
     let (group, _) = V::GROUP;
     let (whole, rest) = (vectors / group * group, vectors % group);
