@@ -233,8 +233,9 @@ pub struct Evaluation {
 }
 
 /// The two passes through the network an evaluation makes: forward to the layers the objective
-/// reads, then backward from the gradients at those layers to the image.
-pub trait NetworkPass {
+/// reads, then backward from the gradients at those layers to the image. `Send`: on the CPU an
+/// evaluation runs on a thread of rayon's pool ([`vgg::on_pool`]).
+pub trait NetworkPass: Send {
     /// The activations of `layers` at `x` (`(1, 3, H, W)`), each `(1, C, H_l, W_l)`, keeping
     /// what [`NetworkPass::backward`] needs.
     fn forward(&mut self, x: &Tensor, layers: &[Layer]) -> Result<Features>;
@@ -315,6 +316,10 @@ impl<'a> Objective<'a> {
     /// [`Objective::evaluate`] with the network's passes made by `pass` (which must compute
     /// what [`Objective::vgg`] would: a batch of several runs' images, for instance).
     pub fn evaluate_through(&self, x: &Tensor, pass: &mut dyn NetworkPass) -> Result<Evaluation> {
+        vgg::on_pool(x.device(), || self.evaluate_here(x, pass))
+    }
+
+    fn evaluate_here(&self, x: &Tensor, pass: &mut dyn NetworkPass) -> Result<Evaluation> {
         let features = pass.forward(x, &self.layers)?;
         let (values, grads) = self.losses(features, true)?;
         let mut grad = if grads.is_empty() { x.zeros_like()? } else { pass.backward(grads)? };
@@ -329,6 +334,10 @@ impl<'a> Objective<'a> {
 
     /// The value terms at `x`, without the gradient.
     pub fn terms(&self, x: &Tensor) -> Result<Terms> {
+        vgg::on_pool(x.device(), || self.terms_here(x))
+    }
+
+    fn terms_here(&self, x: &Tensor) -> Result<Terms> {
         let features = self.vgg.features(x, &self.layers)?;
         let (mut values, _) = self.losses(features, false)?;
         if self.config.tv_weight != 0.0 {

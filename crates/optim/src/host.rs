@@ -74,28 +74,36 @@ pub(crate) fn direction(g: &Tensor, pairs: &VecDeque<(Tensor, Tensor, f64)>, h_d
     let (s, y): (Vec<&[f32]>, Vec<&[f32]>) =
         (s.iter().map(Host::values).collect(), y.iter().map(Host::values).collect());
     let rho: Vec<f64> = pairs.iter().map(|p| p.2).collect();
-    let m = pairs.len();
     let mut q: Vec<f32> = gh.values().iter().map(|v| -v).collect();
     drop(gh);
+    // From a thread of the pool, each pass's parallel loop shares its chunks with the other
+    // threads directly, instead of handing them over and waking this thread after each of the
+    // 2m + 2 passes (`vgg::on_pool`).
+    rayon::scope(|_| recursion(&mut q, &s, &y, &rho, h_diag));
+    Ok(Some(Tensor::from_vec(q, g.shape(), g.device())?))
+}
+
+/// The two loops on `q` (`−g` on entry, `−H g` on return), pairs `(s, y, ρ)` oldest first.
+fn recursion(q: &mut [f32], s: &[&[f32]], y: &[&[f32]], rho: &[f64], h_diag: f64) {
+    let m = rho.len();
     let mut alpha = vec![0f64; m];
     let mut d = match m {
         0 => 0.0,
-        _ => update_dot(&mut q, 0.0, None, s[m - 1], 1.0),
+        _ => update_dot(q, 0.0, None, s[m - 1], 1.0),
     };
     for i in (0..m).rev() {
         alpha[i] = rho[i] * d;
         let next = if i > 0 { s[i - 1] } else { &[] };
-        d = update_dot(&mut q, -alpha[i] as f32, Some(y[i]), next, 1.0);
+        d = update_dot(q, -alpha[i] as f32, Some(y[i]), next, 1.0);
     }
     // r = h_diag · q, with ⟨y_0, r⟩ in the same pass.
     let first = y.first().copied().unwrap_or(&[]);
-    let mut d = update_dot(&mut q, 0.0, None, first, h_diag as f32);
+    let mut d = update_dot(q, 0.0, None, first, h_diag as f32);
     for i in 0..m {
         let beta = rho[i] * d;
         let next = if i + 1 < m { y[i + 1] } else { &[] };
-        d = update_dot(&mut q, (alpha[i] - beta) as f32, Some(s[i]), next, 1.0);
+        d = update_dot(q, (alpha[i] - beta) as f32, Some(s[i]), next, 1.0);
     }
-    Ok(Some(Tensor::from_vec(q, g.shape(), g.device())?))
 }
 
 /// `v ← scale · v + c · add` (without `add`: `v ← scale · v`), and `⟨next, v⟩` of the updated

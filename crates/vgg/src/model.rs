@@ -137,6 +137,10 @@ impl Vgg19 {
     }
 
     fn run(&self, x: &Tensor, layers: &[Layer], tape: bool) -> Result<(Features, Option<Tape>)> {
+        crate::on_pool(x.device(), || self.run_here(x, layers, tape))
+    }
+
+    fn run_here(&self, x: &Tensor, layers: &[Layer], tape: bool) -> Result<(Features, Option<Tape>)> {
         let (_, c, h, w) = x.dims4()?;
         if c != 3 {
             return Err(Error::Shape(format!("expected images (N, 3, H, W), got {:?}", x.dims())));
@@ -217,6 +221,10 @@ impl Vgg19 {
     /// the activation of layer `l` (same shape). Returns `(N, 3, H, W)`. Only the image gradient
     /// is computed (the weights are frozen).
     pub fn backward(&self, tape: &Tape, grads: BTreeMap<Layer, Tensor>) -> Result<Tensor> {
+        crate::on_pool(&tape.device, || self.backward_here(tape, grads))
+    }
+
+    fn backward_here(&self, tape: &Tape, grads: BTreeMap<Layer, Tensor>) -> Result<Tensor> {
         let Some(deepest) = grads.keys().max().copied() else {
             return Ok(Tensor::zeros(tape.input_dims.as_slice(), DType::F32, &tape.device)?);
         };
