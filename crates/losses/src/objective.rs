@@ -233,9 +233,8 @@ pub struct Evaluation {
 }
 
 /// The two passes through the network an evaluation makes: forward to the layers the objective
-/// reads, then backward from the gradients at those layers to the image. `Send`: on the CPU an
-/// evaluation runs on a thread of rayon's pool ([`vgg::on_pool`]).
-pub trait NetworkPass: Send {
+/// reads, then backward from the gradients at those layers to the image.
+pub trait NetworkPass {
     /// The activations of `layers` at `x` (`(1, 3, H, W)`), each `(1, C, H_l, W_l)`, keeping
     /// what [`NetworkPass::backward`] needs.
     fn forward(&mut self, x: &Tensor, layers: &[Layer]) -> Result<Features>;
@@ -309,17 +308,19 @@ impl<'a> Objective<'a> {
     }
 
     /// The value and the gradient at `x`, `(1, 3, H, W)`, preprocessed.
+    ///
+    /// On the CPU it runs on a thread of rayon's pool ([`vgg::on_pool`]), the losses' parallel
+    /// loops too.
     pub fn evaluate(&self, x: &Tensor) -> Result<Evaluation> {
-        self.evaluate_through(x, &mut OwnPass { vgg: self.vgg, tape: None })
+        vgg::on_pool(x.device(), || self.evaluate_through(x, &mut OwnPass { vgg: self.vgg, tape: None }))
     }
 
     /// [`Objective::evaluate`] with the network's passes made by `pass` (which must compute
     /// what [`Objective::vgg`] would: a batch of several runs' images, for instance).
+    /// It runs on the caller's thread, not moved into rayon's pool as [`Objective::evaluate`]
+    /// is: a pass may block until other threads' passes arrive (a batch of runs), and blocked
+    /// on the pool's threads those would never be served.
     pub fn evaluate_through(&self, x: &Tensor, pass: &mut dyn NetworkPass) -> Result<Evaluation> {
-        vgg::on_pool(x.device(), || self.evaluate_here(x, pass))
-    }
-
-    fn evaluate_here(&self, x: &Tensor, pass: &mut dyn NetworkPass) -> Result<Evaluation> {
         let features = pass.forward(x, &self.layers)?;
         let (values, grads) = self.losses(features, true)?;
         let mut grad = if grads.is_empty() { x.zeros_like()? } else { pass.backward(grads)? };

@@ -198,6 +198,7 @@ struct ReportArgs {
 }
 
 fn main() -> ExitCode {
+    vgg::HugePageAlloc::one_arena();
     match real_main() {
         Ok(code) => code,
         Err(e) => {

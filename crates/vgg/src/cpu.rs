@@ -84,7 +84,9 @@ pub fn gemm_kernels() -> Simd {
 /// loss). Started from a thread of the pool, a loop runs there and shares its work with the
 /// other threads directly. At 160×120, 100 L-BFGS iterations: 114–151 thousand context
 /// switches per run before, 18–20 thousand after (docs/performance.md). A call from inside the
-/// pool runs `f` where it is.
+/// pool runs `f` where it is. `f` must not wait for other threads' work outside the pool (a
+/// batch's rendezvous, say): each such wait holds one of the pool's few threads, and the work
+/// it waits for may need them.
 pub fn on_pool<R: Send>(device: &candle_core::Device, f: impl FnOnce() -> R + Send) -> R {
     if device.is_cpu() {
         rayon::scope(|_| f())
