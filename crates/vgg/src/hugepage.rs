@@ -21,10 +21,10 @@ impl HugePageAlloc {
     /// Why: glibc gives threads heaps of their own, and what one heap frees stays there for
     /// that thread. On the CPU an evaluation runs on whichever thread of rayon's pool takes it
     /// ([`crate::on_pool`]), so its buffers came from two heaps by turns, each keeping the
-    /// other's peak: peak RSS of a 40-iteration run at 384×288 rose from 708–716 to 835 MiB.
-    /// With one heap it is back to (docs/performance.md). The threads here are few (rayon's, one
-    /// per core) and an evaluation makes hundreds of allocations, not millions: the shared
-    /// heap's lock is not contended.
+    /// other's peak: peak RSS of a 40-iteration run at 384×288 rose from 708–716 to 790–835
+    /// MiB; with one heap it is 715–720 MiB (docs/performance.md). The threads here are few
+    /// (rayon's, one per core) and an evaluation makes hundreds of allocations, not millions:
+    /// the shared heap's lock is not contended.
     pub fn one_arena() {
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
