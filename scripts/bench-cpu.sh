@@ -38,7 +38,10 @@ for line in open(sys.argv[1]):
     who, kind, size, _, rest = m.groups()
     if who != 'torch' and who not in order:
         order.append(who)
-    d = json.loads(rest)
+    try:
+        d = json.loads(rest)
+    except ValueError:
+        continue  # a measurement that failed (its error is in the console output)
     (evals if kind == 'eval' else runs)[(size, who)].append(d)
 def rows(title, table, key, unit):
     sizes = list(dict.fromkeys(s for s, _ in table))
@@ -113,13 +116,16 @@ measure_run() { # who binary-or-torch n iterations round
     local who=$1 bin=$2 n=$3 its=$4 r=$5 dir=$out/run_$1_$3 s e rss
     rm -rf "$dir"
     s=$(date +%s.%N)
+    # A failed run is reported and left out of the table; the other measurements go on.
     if [ "$bin" = torch ]; then
         /usr/bin/time -f %M -o "$out/rss" "$py" "$torch_ref" run --weights "$weights" \
             --content "$out/tubingen_$n.png" --style "$out/starry_night_$n.png" --out "$dir.png" \
-            --csv "$dir.csv" --iterations "$its" --init content --threads 2 > "$dir.json" 2> "$dir.err"
+            --csv "$dir.csv" --iterations "$its" --init content --threads 2 > "$dir.json" 2> "$dir.err" \
+            || { echo "bench-cpu: PyTorch's run at $n failed: see $dir.err" >&2; return 0; }
     else
         /usr/bin/time -f %M -o "$out/rss" "$bin" "$out/one.toml" --out "$dir" --size "$n" \
-            --iterations "$its" --in-process > "$dir.log" 2>&1
+            --iterations "$its" --in-process > "$dir.log" 2>&1 \
+            || { echo "bench-cpu: $bin's run at $n failed: see $dir.log" >&2; return 0; }
     fi
     e=$(date +%s.%N)
     rss=$(tail -1 "$out/rss")
