@@ -26,6 +26,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED:-$here/../shared}
 torch_ref=$shared/bench/torch_reference.py
 py=${TORCH_PY:-/tmp/torchenv/bin/python}
+eval_sizes=${EVAL_SIZES:-160x120:15 256x256:10 512x512:5 1024x1024:3}
+run_sizes=${RUN_SIZES:-160:100 384:40 512:40}
 
 table() {
     python3 - "$1" <<'EOF'
@@ -35,24 +37,28 @@ for line in open(sys.argv[1]):
     m = re.match(r'(\S+) (eval|run) (\S+) round (\d+) (.*)$', line.strip())
     if not m:
         continue
-    who, kind, size, _, rest = m.groups()
+    who, kind, size, rnd, rest = m.groups()
     if who != 'torch' and who not in order:
         order.append(who)
     try:
         d = json.loads(rest)
     except ValueError:
         continue  # a measurement that failed (its error is in the console output)
+    d['round'] = int(rnd)
     (evals if kind == 'eval' else runs)[(size, who)].append(d)
+def rss(xs):
+    return '–'.join(sorted({'%.0f' % x['peak_rss_mib'] for x in xs}))
 def rows(title, table, key, unit):
     sizes = list(dict.fromkeys(s for s, _ in table))
     print(f"\n{title}\n\n| size | who | {unit} per round | PyTorch | ratio | peak RSS MiB (ours / PyTorch) |")
     print("|---|---|---|---|---|---|")
     for size in sizes:
         c = table.get((size, 'torch'), [])
+        torch_by_round = {y['round']: y for y in c}
         for who in order:
             b = table.get((size, who), [])
-            ratio = ', '.join('%.2f' % (x[key] / y[key]) for x, y in zip(b, c))
-            rss = lambda xs: '–'.join(sorted({'%.0f' % x['peak_rss_mib'] for x in xs}))
+            # Each ratio against PyTorch's measurement of the same round (a failed one is absent).
+            ratio = ', '.join('%.2f' % (x[key] / torch_by_round[x['round']][key]) for x in b if x['round'] in torch_by_round)
             print(f"| {size} | {who} | {', '.join('%.3f' % x[key] for x in b)} | "
                   f"{', '.join('%.3f' % x[key] for x in c)} | **{ratio}** | {rss(b)} / {rss(c)} |")
 first = next((d for (_, w), ds in evals.items() if w != 'torch' for d in ds), {})
@@ -96,7 +102,7 @@ content = "tubingen"
 style = "starry_night"
 init = "content"
 EOF
-for spec in ${RUN_SIZES:-160:100 384:40 512:40}; do
+for spec in $run_sizes; do
     n=${spec%%:*}
     "$py" - "$cache/images" "$out" "$n" <<'EOF'
 import sys
@@ -144,7 +150,7 @@ EOF
 }
 
 for r in $(seq 1 "${ROUNDS:-2}"); do
-    for spec in ${EVAL_SIZES:-160x120:15 256x256:10 512x512:5 1024x1024:3}; do
+    for spec in $eval_sizes; do
         size=${spec%%:*} n=${spec##*:} w=${size%%x*} h=${size##*x}
         for i in "${!bins[@]}"; do
             echo "$((i + 1)) eval $size round $r $("${bins[$i]}" bench --size "$w" --height "$h" --evals "$n" --device cpu | tail -1)" >> "$log"
@@ -152,7 +158,7 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
         echo "torch eval $size round $r $("$py" "$torch_ref" bench --weights "$weights" --size "$w" --height "$h" --evals "$n" --threads 2 | tail -1)" >> "$log"
         tail -n $((${#bins[@]} + 1)) "$log" | cut -c1-100
     done
-    for spec in ${RUN_SIZES:-160:100 384:40 512:40}; do
+    for spec in $run_sizes; do
         n=${spec%%:*} its=${spec##*:}
         for i in "${!bins[@]}"; do
             measure_run "$((i + 1))" "${bins[$i]}" "$n" "$its" "$r"
