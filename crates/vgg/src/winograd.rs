@@ -305,9 +305,12 @@ fn dispatch<const M: usize, const A: usize, S: TableSet<M, A>>(
     let rows = n * th;
     let (rows_per_block, tb) = block_shape::<A>(c_in + k_out, tw, rows);
     // Allocated per call, not kept like the transforms' scratch: kept, the largest (19 MiB for
-    // conv4 at 512×512) raised the peak memory by 5–8 MiB, for 0–5% of the time.
-    let mut operands = vec![0f32; (c_in + k_out) * A * A * tb];
-    let (v, mbuf) = operands.split_at_mut(c_in * A * A * tb);
+    // conv4 at 512×512) raised the peak memory by 5–8 MiB, for 0–5% of the time. Not zeroed:
+    // every element is written before it is read ([`blocks`]). Zeroed, it was a memset of the
+    // whole (4–5 MiB a layer at 160×120) on one thread before each layer's parallel loops,
+    // 2.3–3.5% of a profile at 160×120 while the other thread waited.
+    let mut operands = Vec::with_capacity((c_in + k_out) * A * A * tb);
+    let (v, mbuf) = operands.spare_capacity_mut()[..(c_in + k_out) * A * A * tb].split_at_mut(c_in * A * A * tb);
     blocks::<M, A, S>(level, kernel, (x, mask), (n, h, w), epi, out, (rows_per_block, tb), v, mbuf)
 }
 
@@ -330,7 +333,15 @@ fn block_shape<const A: usize>(channels: usize, tw: usize, rows: usize) -> (usiz
 }
 
 /// The blocks of [`dispatch`]: `rows_per_block` tile rows of `tb` tiles at most (padded),
-/// through `v` (A²·C·tb floats) and `mbuf` (A²·K·tb); `x` (with its mask) as in [`conv`].
+/// through `v` (A²·C·tb floats) and `mbuf` (A²·K·tb), both uninitialised at first; `x` (with
+/// its mask) as in [`conv`].
+///
+/// What is read was written: a block's input transform writes the first `nt` columns of each
+/// row of `v` rounded up to 16 (≤ tb), and its products read at most those; the products write
+/// the first `nt` columns of each row of `mbuf` (in place: rounded up to the vector), and the
+/// first block also zeroes the rest of each row, so that from then on all of `mbuf` holds
+/// values (the output transform reads whole groups of lanes past a block's last tile, into
+/// padding it never uses).
 #[allow(clippy::too_many_arguments)]
 fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
     level: Simd,
@@ -340,8 +351,8 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
     epi: Epilogue<'_>,
     out: &mut [MaybeUninit<f32>],
     (rows_per_block, tb): (usize, usize),
-    v: &mut [f32],
-    mbuf: &mut [f32],
+    v: &mut [MaybeUninit<f32>],
+    mbuf: &mut [MaybeUninit<f32>],
 ) {
     let (k_out, c_in) = (kernel.k, kernel.c);
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
@@ -351,7 +362,7 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
         let g1 = (g0 + rows_per_block).min(rows);
         let nt = (g1 - g0) * tw;
         // 1. input transform, parallel over channels
-        let vp = SharedMut(v.as_mut_ptr());
+        let vp = SharedMut(v.as_mut_ptr().cast());
         (0..c_in).into_par_iter().for_each(|c| {
             // Channel c's values: (ξ, t) at ξ·C·tb + c·tb + t, t < tb, disjoint from every other
             // channel's, inside `v` (A²·C·tb floats), which outlives the loop.
@@ -369,20 +380,30 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
             })
         });
         // 2. A² products M_ξ = U_ξ V_ξ, parallel over ξ
-        let (vp, mp) = (SharedMut(v.as_mut_ptr()), SharedMut(mbuf.as_mut_ptr()));
+        let (vp, mp) = (SharedMut(v.as_mut_ptr().cast()), SharedMut(mbuf.as_mut_ptr().cast()));
         let u = &kernel.u;
         let in_place = products::in_place(level, th * tw);
+        let first = g0 == 0;
         (0..A * A).into_par_iter().for_each(|xi| {
             // Each ξ reads its own C × tb block of `v` (at ξ·C·tb) and writes its own K × tb
             // block of `mbuf` (at ξ·K·tb), the first nt ≤ tb columns of each row (in place: up
-            // to the next multiple of 16 ≤ tb); no two ξ touch the same element, and both
-            // buffers outlive the parallel loop. U_ξ is K × C, row-major, at ξ·K·C.
+            // to the vector's next multiple ≤ tb), the first block all of them; no two ξ touch
+            // the same element, and both buffers outlive the parallel loop. U_ξ is K × C,
+            // row-major, at ξ·K·C.
             let (vx, mx) = (vp.ptr().wrapping_add(xi * c_in * tb), mp.ptr().wrapping_add(xi * k_out * tb));
+            if first {
+                for k in 0..k_out {
+                    // SAFETY: row k of M_ξ, columns nt..tb, inside `mbuf` (above).
+                    unsafe { std::ptr::write_bytes(mx.add(k * tb + nt), 0, tb - nt) };
+                }
+            }
             let ux = u[xi * k_out * c_in..(xi + 1) * k_out * c_in].as_ptr();
             product(level, in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb }, nt);
         });
+        // SAFETY: every element of `mbuf` has been written, by this block's products or the
+        // first block's (above), and the products are done.
+        let mbuf: &[f32] = unsafe { std::slice::from_raw_parts(mbuf.as_ptr().cast(), mbuf.len()) };
         // 3. output transform, parallel over images × output channels
-        let mbuf = &mbuf;
         out.par_chunks_mut(h * w).enumerate().for_each(|(j, yk)| {
             let (b, k) = (j / k_out, j % k_out);
             let rows_of_b = (b * th).max(g0)..((b + 1) * th).min(g1);
