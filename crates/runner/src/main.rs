@@ -199,6 +199,7 @@ struct ReportArgs {
 
 fn main() -> ExitCode {
     vgg::HugePageAlloc::one_arena();
+    vgg::one_pool();
     match real_main() {
         Ok(code) => code,
         Err(e) => {

@@ -75,6 +75,23 @@ pub fn gemm_kernels() -> Simd {
     Simd::Baseline
 }
 
+/// Makes candle's own parallel element-wise operations (64 Ki elements and more) run on the
+/// calling thread: sets `CANDLE_NUM_THREADS=1` unless it is set. Call it first thing in
+/// `main`, while the process has a single thread (candle reads it once, at its first such
+/// operation).
+///
+/// Why: candle 0.11 runs them on a pool of its own beside rayon's (one extra thread where
+/// rayon has two), whose threads spin 25 000 `pause`s after each operation before they sleep
+/// (0.7 ms on the project's Zen 3), on the cores where rayon's threads do the convolutions.
+/// In a profile of a 100-iteration run at 160×120, that thread had 3.4% of all samples, 98.6%
+/// of them spinning; these operations (the losses' element-wise steps) were under 1% of the
+/// run, and run where they are called, inside an evaluation that already has rayon's threads.
+pub fn one_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Runs `f` on a thread of rayon's global pool when `device` is the CPU, on this thread
 /// otherwise (a GPU's context is bound to the thread that made it current).
 ///

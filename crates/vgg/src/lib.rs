@@ -28,7 +28,7 @@ pub mod weights;
 mod winograd;
 
 pub use conv::{tf32_enabled, Conv3x3, ConvAlgorithm, Rectified};
-pub use cpu::{gemm_kernels, on_pool, simd, Simd};
+pub use cpu::{gemm_kernels, on_pool, one_pool, simd, Simd};
 pub use error::{Error, Result};
 pub use hugepage::HugePageAlloc;
 pub use imageio::{Preprocessing, Resize};
