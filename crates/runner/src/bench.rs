@@ -48,7 +48,10 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
     let device = resolve_device(c.device)?;
     let w = assets.weights()?;
     let weights = VggWeights::load(&w.path, WeightsFormat::detect(&w.path)?, &device)?;
-    let net = Vgg19::new(&weights, Pooling::Max, c.algorithm)?;
+    let mut net = Vgg19::new(&weights, Pooling::Max, c.algorithm)?;
+    if let Some(cache) = assets.kernel_cache() {
+        net = net.with_kernel_cache(cache.clone());
+    }
     drop(weights);
     let layers = |names: &[&str]| names.iter().map(|s| s.parse::<Layer>()).collect::<vgg::Result<Vec<_>>>();
     let config = ObjectiveConfig {
@@ -111,6 +114,10 @@ pub fn bench(assets: &Assets, c: &BenchConfig) -> Result<String> {
         "peak_rss_mib": peak_rss_mib().map(|m| (m * 10.0).round() / 10.0),
         "peak_gpu_mib": serde_json::Value::Null,
         "winograd_kernels_mib": (net.transformed_bytes() as f64 / 1048576.0).round(),
+        "kernel_cache": assets.kernel_cache().map(|k| {
+            let s = k.stats();
+            serde_json::json!({"dir": k.dir(), "loaded": s.loaded, "stored": s.stored, "failed": s.failed})
+        }),
     });
     Ok(json.to_string())
 }

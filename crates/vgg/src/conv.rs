@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
+use crate::kernel_cache::{self, Floats, KernelCache, KernelKey};
 use crate::tape::BitMask;
 use crate::winograd::{self, Epilogue, Kernel, Variant};
 use crate::{Error, Result};
@@ -66,6 +67,7 @@ pub struct Conv3x3 {
     cpu_backward: OnceLock<Arc<Kernel>>,
     cpu_bias: OnceLock<Arc<Vec<f32>>>,
     weight_grad_input: OnceLock<Tensor>,
+    kernel_cache: Option<Arc<KernelCache>>,
 }
 
 impl Conv3x3 {
@@ -87,7 +89,14 @@ impl Conv3x3 {
             cpu_backward: OnceLock::new(),
             cpu_bias: OnceLock::new(),
             weight_grad_input: OnceLock::new(),
+            kernel_cache: None,
         })
+    }
+
+    /// Takes its Winograd-domain kernels from `cache` and writes there those it transforms.
+    pub fn with_kernel_cache(mut self, cache: Arc<KernelCache>) -> Self {
+        self.kernel_cache = Some(cache);
+        self
     }
 
     /// Output channels.
@@ -121,13 +130,28 @@ impl Conv3x3 {
             return Ok(k.clone());
         }
         let w = self.host_weights()?;
-        let (k, c) = (self.out_channels(), self.in_channels());
-        let kernel = if backward {
-            winograd::transform_kernel(v, &w, c, k, true)
+        // The input gradient's kernel maps the output channels back to the input ones.
+        let (k, c) = if backward {
+            (self.in_channels(), self.out_channels())
         } else {
-            winograd::transform_kernel(v, &w, k, c, false)
+            (self.out_channels(), self.in_channels())
         };
-        Ok(cell.get_or_init(|| Arc::new(kernel)).clone())
+        let build = || winograd::transform(v, &w, k, c, backward);
+        let u = match &self.kernel_cache {
+            Some(cache) => {
+                let key = KernelKey {
+                    tile: v.tile(),
+                    input_grad: backward,
+                    k,
+                    c,
+                    len: v.floats(k, c),
+                    weights: kernel_cache::hash(&w),
+                };
+                cache.get_or_build(&key, build)
+            }
+            None => Floats::Owned(build()),
+        };
+        Ok(cell.get_or_init(|| Arc::new(Kernel::new(u, k, c, v))).clone())
     }
 
     /// Bytes of Winograd-domain kernels built so far.

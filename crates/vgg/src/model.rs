@@ -2,11 +2,13 @@
 //! image that the style-transfer objective needs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
 use crate::conv::{Conv3x3, ConvAlgorithm, Rectified};
 use crate::imageio::Preprocessing;
+use crate::kernel_cache::KernelCache;
 use crate::layer::{ConvId, Layer};
 use crate::tape::{self, BitMask, PoolArgmax};
 use crate::weights::VggWeights;
@@ -100,6 +102,13 @@ impl Vgg19 {
             .map(|w| Conv3x3::new(w.weight.clone(), w.bias.clone(), algorithm))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { convs, pooling, preprocessing: weights.preprocessing() })
+    }
+
+    /// Takes the convolutions' Winograd-domain kernels (CPU) from `cache`, where those
+    /// transformed by this process are written for the next ([`KernelCache`]).
+    pub fn with_kernel_cache(mut self, cache: Arc<KernelCache>) -> Self {
+        self.convs = self.convs.into_iter().map(|c| c.with_kernel_cache(cache.clone())).collect();
+        self
     }
 
     /// The preprocessing the weights expect for input images.

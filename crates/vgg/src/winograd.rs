@@ -24,6 +24,7 @@ use std::thread::LocalKey;
 use rayon::prelude::*;
 
 use crate::cpu::{simd, Simd};
+use crate::kernel_cache::Floats;
 use crate::products::{self, Operands};
 use crate::tape::Bits;
 
@@ -104,13 +105,20 @@ fn madd(acc: f32, c: f32, x: f32) -> f32 {
 
 /// A convolution's kernel in the Winograd domain: `u[ξ][k][c]` for `K` outputs, `C` inputs.
 pub(crate) struct Kernel {
-    u: Vec<f32>,
+    u: Floats,
     k: usize,
     c: usize,
     variant: Variant,
 }
 
 impl Kernel {
+    /// The kernel of `variant` for `k` outputs and `c` inputs whose floats are `u`
+    /// ([`transform`]'s, or a cache file's).
+    pub(crate) fn new(u: Floats, k: usize, c: usize, variant: Variant) -> Self {
+        assert_eq!(u.len(), variant.floats(k, c), "transformed kernel size");
+        Self { u, k, c, variant }
+    }
+
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.u.len() * 4
@@ -124,14 +132,34 @@ pub(crate) enum Variant {
     F43,
 }
 
+impl Variant {
+    /// The output tile's side m of F(m×m, 3×3).
+    pub(crate) fn tile(self) -> usize {
+        match self {
+            Variant::F23 => 2,
+            Variant::F43 => 4,
+        }
+    }
+
+    /// Floats of a transformed kernel of `k` outputs and `c` inputs.
+    pub(crate) fn floats(self, k: usize, c: usize) -> usize {
+        (self.tile() + 2).pow(2) * k * c
+    }
+}
+
 /// Transforms weights `w[k][c][3][3]` (`transpose_flip`: use `w[c][k][2-i][2-j]` instead, the
 /// kernel of the input gradient, with `k` and `c` meaning the gradient conv's out/in channels).
+#[cfg(test)]
 pub(crate) fn transform_kernel(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Kernel {
-    let u = match variant {
+    Kernel::new(Floats::Owned(transform(variant, w, k_out, c_in, transpose_flip)), k_out, c_in, variant)
+}
+
+/// The floats of [`transform_kernel`]'s kernel, `u[ξ][k][c]`.
+pub(crate) fn transform(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Vec<f32> {
+    match variant {
         Variant::F23 => transform_kernel_t(&F23, w, k_out, c_in, transpose_flip),
         Variant::F43 => transform_kernel_t(&F43, w, k_out, c_in, transpose_flip),
-    };
-    Kernel { u, k: k_out, c: c_in, variant }
+    }
 }
 
 fn transform_kernel_t<const M: usize, const A: usize>(

@@ -146,7 +146,11 @@ impl Session {
         let asset = self.weights_asset(p)?;
         let format = WeightsFormat::detect(&asset.path)?;
         let weights = VggWeights::load(&asset.path, format, device)?;
-        let net = Arc::new(Vgg19::new(&weights, p.objective.pooling, ConvAlgorithm::Fast)?);
+        let mut net = Vgg19::new(&weights, p.objective.pooling, ConvAlgorithm::Fast)?;
+        if let Some(cache) = self.assets.kernel_cache() {
+            net = net.with_kernel_cache(cache.clone());
+        }
+        let net = Arc::new(net);
         self.nets.insert(key, (net.clone(), asset.clone()));
         Ok((net, asset))
     }

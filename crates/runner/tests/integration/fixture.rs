@@ -202,3 +202,31 @@ fn winograd_relu_masks_differ_only_at_ties() {
         }
     }
 }
+
+/// Kernels read back from a cache folder (`vgg::KernelCache`) give the forward and backward
+/// passes the same bits as kernels transformed afresh, for both Winograd variants, on a
+/// non-square image; the network that reads them transforms none.
+#[test]
+fn cached_kernels_give_the_bits_of_fresh_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let bits =
+        |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for alg in [ConvAlgorithm::Fast, ConvAlgorithm::Winograd2x2] {
+        let fresh = net(alg);
+        let (x, probes) = seeded_image_and_probes(&fresh);
+        let pass = |n: &vgg::Vgg19| {
+            let (f, tape) = n.forward_tape(&x, &probed_layers()).unwrap();
+            let g = n.backward(&tape, probes.clone()).unwrap();
+            (f.values().map(bits).collect::<Vec<_>>(), bits(&g))
+        };
+        let want = pass(&fresh);
+        let writer = std::sync::Arc::new(vgg::KernelCache::new(dir.path()));
+        assert_eq!(pass(&net(alg).with_kernel_cache(writer.clone())), want, "{alg:?}: with kernels being written");
+        let reader = std::sync::Arc::new(vgg::KernelCache::new(dir.path()));
+        assert_eq!(pass(&net(alg).with_kernel_cache(reader.clone())), want, "{alg:?}: with kernels read back");
+        let (w, r) = (writer.stats(), reader.stats());
+        eprintln!("{alg:?}: writer {w:?}, reader {r:?}");
+        assert!(w.stored > 0 && w.failed == 0, "{alg:?}: {w:?}");
+        assert_eq!(r, vgg::CacheStats { loaded: w.stored, stored: 0, failed: 0 }, "{alg:?}");
+    }
+}
