@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
 use crate::kernel_cache::{self, Floats, KernelCache, KernelKey};
-use crate::tape::BitMask;
+use crate::tape::{with_f32, BitMask};
 use crate::winograd::{self, Epilogue, Kernel, Variant};
 use crate::{Error, Result};
 
@@ -120,37 +120,35 @@ impl Conv3x3 {
         }
     }
 
-    fn host_weights(&self) -> Result<Vec<f32>> {
-        Ok(self.weight.flatten_all()?.to_vec1::<f32>()?)
-    }
-
     fn kernel(&self, v: Variant, backward: bool) -> Result<Arc<Kernel>> {
         let cell = if backward { &self.cpu_backward } else { &self.cpu_forward };
         if let Some(k) = cell.get() {
             return Ok(k.clone());
         }
-        let w = self.host_weights()?;
         // The input gradient's kernel maps the output channels back to the input ones.
         let (k, c) = if backward {
             (self.in_channels(), self.out_channels())
         } else {
             (self.out_channels(), self.in_channels())
         };
-        let build = || winograd::transform(v, &w, k, c, backward);
-        let u = match &self.kernel_cache {
-            Some(cache) => {
-                let key = KernelKey {
-                    tile: v.tile(),
-                    input_grad: backward,
-                    k,
-                    c,
-                    len: v.floats(k, c),
-                    weights: kernel_cache::hash(&w),
-                };
-                cache.get_or_build(&key, build)
+        // The weights where they lie: a copy per kernel was about 100 MB of fresh memory per run.
+        let u = with_f32(&self.weight, |w| {
+            let build = || winograd::transform(v, w, k, c, backward);
+            match &self.kernel_cache {
+                Some(cache) => {
+                    let key = KernelKey {
+                        tile: v.tile(),
+                        input_grad: backward,
+                        k,
+                        c,
+                        len: v.floats(k, c),
+                        weights: kernel_cache::hash(w),
+                    };
+                    cache.get_or_build(&key, build)
+                }
+                None => Floats::Owned(build()),
             }
-            None => Floats::Owned(build()),
-        };
+        })?;
         Ok(cell.get_or_init(|| Arc::new(Kernel::new(u, k, c, v))).clone())
     }
 
