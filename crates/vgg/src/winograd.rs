@@ -147,14 +147,16 @@ impl Variant {
     }
 }
 
-/// Transforms weights `w[k][c][3][3]` (`transpose_flip`: use `w[c][k][2-i][2-j]` instead, the
-/// kernel of the input gradient, with `k` and `c` meaning the gradient conv's out/in channels).
+/// [`transform`]'s floats as a [`Kernel`], for the tests (the convolutions call [`transform`]
+/// themselves, through their kernel cache when they have one).
 #[cfg(test)]
 pub(crate) fn transform_kernel(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Kernel {
     Kernel::new(Floats::Owned(transform(variant, w, k_out, c_in, transpose_flip)), k_out, c_in, variant)
 }
 
-/// The floats of [`transform_kernel`]'s kernel, `u[ξ][k][c]`.
+/// Transforms weights `w[k][c][3][3]` (`transpose_flip`: use `w[c][k][2-i][2-j]` instead, the
+/// kernel of the input gradient, with `k` and `c` meaning the gradient conv's out/in channels)
+/// into the Winograd domain, `u[ξ][k][c]`.
 pub(crate) fn transform(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Vec<f32> {
     match variant {
         Variant::F23 => transform_kernel_t(&F23, w, k_out, c_in, transpose_flip),
