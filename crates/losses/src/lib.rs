@@ -18,6 +18,7 @@ mod error;
 mod form;
 pub mod linalg;
 mod objective;
+mod products;
 mod style;
 mod terms;
 

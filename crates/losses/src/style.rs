@@ -48,6 +48,7 @@ use std::str::FromStr;
 use candle_core::{DType, Tensor};
 
 use crate::linalg::SymEigen;
+use crate::products;
 use crate::{Error, LossForm, Result};
 
 /// How a style layer's statistics are compared.
@@ -122,7 +123,7 @@ impl Moments {
             return Ok(None);
         }
         let mean = (weighted.sum(1)? / mass)?;
-        let second = (weighted.matmul(&flat.t()?)? / mass)?;
+        let second = (products::a_bt(&weighted, &flat)? / mass)?;
         Ok(Some((Self { mean, second }, mass)))
     }
 
@@ -257,7 +258,7 @@ pub fn style_term(
             let c = lambda * w * form.style_factor_f64(n, mass);
             let d = ((&m.second - &t.second)? * mass)?;
             let value = (d.sqr()?.sum_all()? * c)?;
-            (value, (d * (4.0 * c * grad_scale))?.matmul(&weighted(&flat)?)?)
+            (value, products::mul(&(d * (4.0 * c * grad_scale))?, &weighted(&flat)?)?)
         }
         StyleLoss::MeanCov => {
             let k = lambda * w * form.style_factor_f64(n, positions) * positions * positions;
@@ -267,7 +268,7 @@ pub fn style_term(
             let value = ((d_mu.sqr()?.sum_all()? + d_cov.sqr()?.sum_all()?)? * k)?;
             let centred = flat.broadcast_sub(&m.mean.unsqueeze(1)?)?;
             let grad = mean_grad(&d_mu, guide, h * wd, 2.0 * k / mass * grad_scale)?;
-            let grad = (grad + (d_cov * (4.0 * k / mass * grad_scale))?.matmul(&weighted(&centred)?)?)?;
+            let grad = (grad + products::mul(&(d_cov * (4.0 * k / mass * grad_scale))?, &weighted(&centred)?)?)?;
             (value, grad)
         }
         StyleLoss::Wasserstein => {
@@ -276,7 +277,7 @@ pub fn style_term(
             let d_mu = (&m.mean - &t.mean)?;
             let centred = flat.broadcast_sub(&m.mean.unsqueeze(1)?)?;
             let grad = mean_grad(&d_mu, guide, h * wd, 2.0 * k / mass * grad_scale)?;
-            let grad = (grad + (e * (2.0 * k / mass * grad_scale))?.matmul(&weighted(&centred)?)?)?;
+            let grad = (grad + products::mul(&(e * (2.0 * k / mass * grad_scale))?, &weighted(&centred)?)?)?;
             ((value * k)?, grad)
         }
     };
