@@ -25,8 +25,9 @@
 //! bits of a result do not depend on the machine's cores or on which thread ran what.
 //! Tensors on another device, of another type, or not contiguous go through candle's `matmul`.
 
-use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
+use vgg::tape::with_f32;
 
 use crate::{Error, Result};
 
@@ -122,15 +123,6 @@ fn here(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous()
 }
 
-/// Runs `f` on the values of `t`, which [`here`] accepts.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
-        _ => Err(Error::Numeric(format!("expected a contiguous float32 CPU tensor, got {:?}", t.dtype()))),
-    }
-}
-
 /// `A Bᵀ` of `a` and `b`, both `(N, M)`: `(N, N)`. When `b` is `a` (the same tensor), the
 /// result is exactly symmetric.
 pub(crate) fn a_bt(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -142,9 +134,9 @@ pub(crate) fn a_bt(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Ok(a.matmul(&b.t()?)?);
     }
     let out = if a.id() == b.id() && a.layout() == b.layout() {
-        with_values(a, |x| a_bt_values(x, x, n, m, true))??
+        with_f32(a, |x| a_bt_values(x, x, n, m, true))??
     } else {
-        with_values(a, |x| with_values(b, |y| a_bt_values(x, y, n, m, false)))???
+        with_f32(a, |x| with_f32(b, |y| a_bt_values(x, y, n, m, false)))???
     };
     Ok(Tensor::from_vec(out, (n, n), &Device::Cpu)?)
 }
@@ -200,7 +192,7 @@ pub(crate) fn mul(d: &Tensor, x: &Tensor) -> Result<Tensor> {
     if !(here(d) && here(x)) {
         return Ok(d.matmul(x)?);
     }
-    let out = with_values(d, |dv| with_values(x, |xv| mul_values(dv, xv, n, k, m)))???;
+    let out = with_f32(d, |dv| with_f32(x, |xv| mul_values(dv, xv, n, k, m)))???;
     Ok(Tensor::from_vec(out, (n, m), &Device::Cpu)?)
 }
 

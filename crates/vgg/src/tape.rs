@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 use crate::{Error, Result};
 
-/// Runs `f` on the values of `t`, a contiguous float32 CPU tensor, without copying them.
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+/// Runs `f` on the values of `t`, a float32 CPU tensor, without copying them when `t` is
+/// contiguous.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
