@@ -30,6 +30,10 @@ torch_ref=$shared/bench/torch_reference.py
 py=${TORCH_PY:-/tmp/torchenv/bin/python}
 eval_sizes=${EVAL_SIZES:-160x120:15 256x256:10 512x512:5 1024x1024:3}
 run_sizes=${RUN_SIZES:-160x120:100 384x288:40 512x512:40}
+for spec in $eval_sizes $run_sizes; do
+    [[ $spec =~ ^[1-9][0-9]*x[1-9][0-9]*:[1-9][0-9]*$ ]] \
+        || { echo "bench-cpu: '$spec' in EVAL_SIZES or RUN_SIZES is not WxH:count (e.g. 512x512:40)" >&2; exit 2; }
+done
 
 table() {
     python3 - "$1" <<'EOF'
