@@ -129,25 +129,25 @@ done
 # "<who> <eval|run> <size> round <r> <json>": a runner's bench JSON as it prints it; a run's
 # summary row and wall time as JSON.
 measure_run() { # who binary-or-torch WxH iterations round
-    local who=$1 bin=$2 n=$3 its=$4 r=$5 dir=$out/run_$1_$3 s e rss
+    local who=$1 bin=$2 size=$3 its=$4 r=$5 dir=$out/run_$1_$3 s e rss
     rm -rf "$dir"
     s=$(date +%s.%N)
     # A failed run is reported and left out of the table; the other measurements go on.
     if [ "$bin" = torch ]; then
         /usr/bin/time -f %M -o "$out/rss" "$py" "$torch_ref" run --weights "$weights" \
-            --content "$out/tubingen_$n.png" --style "$out/starry_night_$n.png" --out "$dir.png" \
+            --content "$out/tubingen_$size.png" --style "$out/starry_night_$size.png" --out "$dir.png" \
             --csv "$dir.csv" --iterations "$its" --init content --threads 2 > "$dir.json" 2> "$dir.err" \
-            || { echo "bench-cpu: PyTorch's run at $n failed: see $dir.err" >&2; return 0; }
+            || { echo "bench-cpu: PyTorch's run at $size failed: see $dir.err" >&2; return 0; }
     else
-        /usr/bin/time -f %M -o "$out/rss" "$bin" "$out/one_$n.toml" --out "$dir" \
+        /usr/bin/time -f %M -o "$out/rss" "$bin" "$out/one_$size.toml" --out "$dir" \
             --iterations "$its" --in-process > "$dir.log" 2>&1 \
-            || { echo "bench-cpu: $bin's run at $n failed: see $dir.log" >&2; return 0; }
+            || { echo "bench-cpu: $bin's run at $size failed: see $dir.log" >&2; return 0; }
     fi
     e=$(date +%s.%N)
     rss=$(tail -1 "$out/rss")
-    python3 - "$who" "$n" "$r" "$s" "$e" "$rss" "$dir" "$bin" >> "$log" <<'EOF'
+    python3 - "$who" "$size" "$r" "$s" "$e" "$rss" "$dir" "$bin" >> "$log" <<'EOF'
 import csv, json, sys
-who, n, r, s, e, rss, d, binary = sys.argv[1:]
+who, size, r, s, e, rss, d, binary = sys.argv[1:]
 rec = {'wall_s': float(e) - float(s), 'peak_rss_mib': int(rss) / 1024}
 if binary == 'torch':
     t = json.loads(open(d + '.json').read().strip().splitlines()[-1])
@@ -155,7 +155,7 @@ if binary == 'torch':
 else:
     row = list(csv.DictReader(open(f'{d}/one/summary.csv')))[-1]
     rec.update(evals=int(row['evals']), final_total=float(row['final_total']), status=row['status'])
-print(f'{who} run {n} round {r} {json.dumps(rec)}')
+print(f'{who} run {size} round {r} {json.dumps(rec)}')
 EOF
 }
 
@@ -169,11 +169,11 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
         tail -n $((${#bins[@]} + 1)) "$log" | cut -c1-100
     done
     for spec in $run_sizes; do
-        n=${spec%%:*} its=${spec##*:}
+        size=${spec%%:*} its=${spec##*:}
         for i in "${!bins[@]}"; do
-            measure_run "$((i + 1))" "${bins[$i]}" "$n" "$its" "$r"
+            measure_run "$((i + 1))" "${bins[$i]}" "$size" "$its" "$r"
         done
-        measure_run torch torch "$n" "$its" "$r"
+        measure_run torch torch "$size" "$its" "$r"
         tail -n $((${#bins[@]} + 1)) "$log" | cut -c1-100
     done
 done
