@@ -112,8 +112,9 @@ impl BitMask {
 /// Bit i: `chunk[i] > 0`, for a chunk of at most 64 values.
 fn positive_bits(chunk: &[f32]) -> u64 {
     #[cfg(target_arch = "x86_64")]
-    if chunk.len() == 64 && std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above) and the chunk 64 values.
+    if chunk.len() == 64 && crate::cpu::simd() >= crate::cpu::Simd::Avx2 {
+        // SAFETY: the CPU has AVX2 (`simd` never chooses a set it lacks; `NST_CPU=baseline`
+        // takes the scalar fold, with the same bits) and the chunk 64 values.
         return unsafe { positive_bits_avx2(chunk) };
     }
     chunk.iter().enumerate().fold(0u64, |w, (i, &x)| w | (u64::from(x > 0.0) << i))
