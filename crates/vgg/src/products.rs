@@ -38,7 +38,7 @@ const AHEAD: usize = 8;
 const U_AHEAD: usize = 64;
 
 /// Where one ξ's product reads and writes: `V_ξ` at `v[c·tb + t]`, `U_ξ` at `u[k·C + c]`, `M_ξ`
-/// at `m[k·tb + t]`.
+/// at `m[k·ms + t]`, for tiles t < tb.
 #[derive(Clone, Copy)]
 pub(crate) struct Operands {
     pub v: *const f32,
@@ -50,6 +50,8 @@ pub(crate) struct Operands {
     pub k: usize,
     /// Tiles a row of `V_ξ` and `M_ξ` hold (a multiple of 16).
     pub tb: usize,
+    /// Floats from one row of `M_ξ` to the next, at least `tb`.
+    pub ms: usize,
 }
 
 /// Whether images of `tiles` tiles have their products done here on `level` rather than by
@@ -78,10 +80,10 @@ pub(crate) fn in_place(level: Simd, tiles: usize) -> bool {
 /// # Safety
 /// The CPU must have `level`'s instructions ([`Simd::Avx512`]: AVX-512F; [`Simd::Avx2`]: AVX2
 /// and FMA); `level` is not the baseline. `v` must be readable for C rows of `tb` floats, `u`
-/// for K rows of C floats, `m` writable for K rows of `tb` floats, and nothing else may write
-/// them meanwhile; `nt ≤ tb`, `tb` a multiple of 16.
+/// for K rows of C floats, `m` writable for K rows of `tb` floats `ms` ≥ `tb` apart, and nothing
+/// else may write them meanwhile; `nt ≤ tb`, `tb` a multiple of 16.
 pub(crate) unsafe fn product(level: Simd, o: Operands, nt: usize) {
-    debug_assert!(o.tb.is_multiple_of(16) && nt <= o.tb);
+    debug_assert!(o.tb.is_multiple_of(16) && nt <= o.tb && o.ms >= o.tb);
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
@@ -329,10 +331,10 @@ unsafe fn block<V: Vector, const R: usize, const N: usize>(o: Operands, t0: usiz
             }
             c += run;
         }
-        let m = o.m.add(k0 * o.tb + t0);
+        let m = o.m.add(k0 * o.ms + t0);
         for (j, acc) in acc.iter().enumerate() {
             for (r, a) in acc.iter().enumerate() {
-                a.store(m.add(j * o.tb + V::LANES * r));
+                a.store(m.add(j * o.ms + V::LANES * r));
             }
         }
     }

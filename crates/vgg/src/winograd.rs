@@ -366,6 +366,16 @@ fn block_shape<const A: usize>(channels: usize, tw: usize, rows: usize) -> (usiz
 /// through `v` (A²·C·tb floats) and `mbuf` (A²·K·tb), both uninitialised at first; `x` (with
 /// its mask) as in [`conv`].
 ///
+/// Layouts: `v` by ξ, then channel, then tile (`V_ξ` row c at ξ·C·tb + c·tb), so that gemm
+/// packs each `V_ξ` from one contiguous run; `mbuf` by channel, then ξ, then tile (`M_ξ` row k
+/// at k·A²·tb + ξ·tb), so that the output transform of channel k reads one contiguous run of
+/// A²·tb floats rather than A² rows a K·tb-float plane apart. On a Zen 3 (AVX2) at 512×512
+/// the output transform's samples fell from 3719–4545 to 2105–2340 in six evaluations (three
+/// profiles each, ~40 000 samples in all), gemm's did not move beyond the noise; at 160×120,
+/// 1885 → 1115 against 270–370 more in the in-place products. `v` by channel too (each
+/// channel's A² rows in one run for the input transform) made gemm's packing and its
+/// micro-kernel slower by more than the input transform gained.
+///
 /// What is read was written: a block's input transform writes the first `nt` columns of each
 /// row of `v` rounded up to 16 (≤ tb), and its products read at most those; the products write
 /// the first `nt` columns of each row of `mbuf` (in place: rounded up to the vector), and the
@@ -415,20 +425,20 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
         let in_place = products::in_place(level, th * tw);
         let first = g0 == 0;
         (0..A * A).into_par_iter().for_each(|xi| {
-            // Each ξ reads its own C × tb block of `v` (at ξ·C·tb) and writes its own K × tb
-            // block of `mbuf` (at ξ·K·tb), the first nt ≤ tb columns of each row (in place: up
-            // to the vector's next multiple ≤ tb), the first block all of them; no two ξ touch
-            // the same element, and both buffers outlive the parallel loop. U_ξ is K × C,
-            // row-major, at ξ·K·C.
-            let (vx, mx) = (vp.ptr().wrapping_add(xi * c_in * tb), mp.ptr().wrapping_add(xi * k_out * tb));
+            // Each ξ reads its own C × tb block of `v` (at ξ·C·tb) and writes its own K rows of
+            // tb floats of `mbuf` (row k at k·A²·tb + ξ·tb), the first nt ≤ tb columns of each
+            // (in place: up to the vector's next multiple ≤ tb), the first block all of them;
+            // no two ξ touch the same element, and both buffers outlive the parallel loop. U_ξ
+            // is K × C, row-major, at ξ·K·C.
+            let (vx, mx) = (vp.ptr().wrapping_add(xi * c_in * tb), mp.ptr().wrapping_add(xi * tb));
             if first {
                 for k in 0..k_out {
                     // SAFETY: row k of M_ξ, columns nt..tb, inside `mbuf` (above).
-                    unsafe { std::ptr::write_bytes(mx.add(k * tb + nt), 0, tb - nt) };
+                    unsafe { std::ptr::write_bytes(mx.add(k * A * A * tb + nt), 0, tb - nt) };
                 }
             }
             let ux = u[xi * k_out * c_in..(xi + 1) * k_out * c_in].as_ptr();
-            product(level, in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb }, nt);
+            product(level, in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb, ms: A * A * tb }, nt);
         });
         // SAFETY: every element of `mbuf` has been written, by this block's products or the
         // first block's (above), and the products are done.
@@ -440,9 +450,9 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
             if rows_of_b.is_empty() {
                 return;
             }
-            // Channel k's values: (ξ, t) at ξ·K·tb + k·tb + t; this image's tiles are t0..t1.
+            // Channel k's values: (ξ, t) at k·A²·tb + ξ·tb + t; this image's tiles are t0..t1.
             let (t0, t1) = ((rows_of_b.start - g0) * tw, (rows_of_b.end - g0) * tw);
-            let mk = &mbuf[k * tb..];
+            let mk = &mbuf[k * A * A * tb..];
             let bias = epi.bias.map(|b| b[k]).unwrap_or(0.0);
             // The tiles in whole groups of LANES where the row has the columns (always for an
             // image alone in its block, t0 = 0): the lanes past t1 compute whatever the
@@ -453,7 +463,7 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
             let span = (t1 - t0).next_multiple_of(LANES);
             let stride = if t0 + span <= tb { span } else { t1 - t0 };
             with_buffer(&SCRATCH, output_scratch::<M, A>(tb), |scratch| {
-                output_tiles::<M, A, S>(level, mk, k_out * tb, t0, t0 + stride, bias, epi.relu, scratch);
+                output_tiles::<M, A, S>(level, mk, tb, t0, t0 + stride, bias, epi.relu, scratch);
                 for g in rows_of_b {
                     let (ty, tr) = (g % th, (g - g0) * tw - t0);
                     output_row::<M, A, S>(level, scratch, stride, tw, ty, tr, h, w, yk);
@@ -483,7 +493,7 @@ fn product(level: Simd, in_place: bool, o: Operands, nt: usize) {
             o.c,
             o.m,
             1,
-            o.tb as isize,
+            o.ms as isize,
             false,
             o.u,
             1,
@@ -763,10 +773,12 @@ fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     in_lanes!(@groups LANES, t0, t1, |t, L| {
         // Horizontal: q[ξi][r2] = Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj], L tiles at a time.
         for xi in 0..A {
-            // The A² rows of `mk` lie a K·tb-float plane apart, too many streams for the
-            // hardware prefetcher: each is fetched 32 tiles ahead. On a Zen 3 at 512×512 this
+            // The A² rows of `mk`, each fetched 32 tiles ahead. With the rows a K·tb-float plane
+            // apart (too many streams for the hardware prefetcher), on a Zen 3 at 512×512 this
             // pass's samples fell from 0.186–0.190 of gemm's to 0.134–0.148 (16 tiles ahead:
-            // 0.173–0.177; 48: 0.143). AVX-512 CPUs go without until measured on one.
+            // 0.173–0.177; 48: 0.143). With the rows tb floats apart ([`blocks`]) it still pays
+            // there: 3343–3385 samples without, 2235–2423 with (six evaluations, two profiles
+            // each). AVX-512 CPUs go without until measured on one.
             #[cfg(target_arch = "x86_64")]
             if level != Simd::Avx512 {
                 for xj in 0..A {
@@ -1102,14 +1114,22 @@ pub(crate) mod tests {
                 // Columns past nt hold values too: they are computed and must not be read.
                 let v: Vec<f32> = (0..c * tb).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let u: Vec<f32> = (0..k * c).map(|_| rng.random_range(-1.0..1.0)).collect();
+                // Rows of M_ξ wider apart than they are long, as in a convolution (A²·tb): what
+                // lies between them must stay untouched.
+                let ms = 3 * tb;
                 for &path in &paths {
-                    let mut m = vec![f32::NAN; k * tb];
-                    let o = Operands { v: v.as_ptr(), u: u.as_ptr(), m: m.as_mut_ptr(), c, k, tb };
+                    let mut m = vec![f32::NAN; k * ms];
+                    let o = Operands { v: v.as_ptr(), u: u.as_ptr(), m: m.as_mut_ptr(), c, k, tb, ms };
                     product(path.unwrap_or(Simd::Baseline), path.is_some(), o, nt);
                     for j in 0..k {
+                        let gap = &m[j * ms + tb..(j + 1) * ms];
+                        assert!(
+                            gap.iter().all(|x| x.is_nan()),
+                            "{path:?}, C {c}, K {k}, {nt} tiles: row {j} wrote past tb"
+                        );
                         for t in 0..nt {
                             let want: f64 = (0..c).map(|i| u[j * c + i] as f64 * v[i * tb + t] as f64).sum();
-                            let got = m[j * tb + t];
+                            let got = m[j * ms + t];
                             assert!(
                                 (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
                                 "in place {path:?}, C {c}, K {k}, {nt} tiles: M[{j}][{t}] = {got}, want {want}"
