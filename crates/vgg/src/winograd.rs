@@ -372,7 +372,7 @@ fn block_shape<const A: usize>(channels: usize, tw: usize, rows: usize) -> (usiz
 /// A²·tb floats rather than A² rows a K·tb-float plane apart. On a Zen 3 (AVX2) at 512×512
 /// the output transform's samples fell from 3719–4545 to 2105–2340 in six evaluations (three
 /// profiles each, ~40 000 samples in all), gemm's did not move beyond the noise; at 160×120,
-/// 1885 → 1115 against 270–370 more in the in-place products. `v` by channel too (each
+/// 1885 → 1115 against 175–371 more in the in-place products. `v` by channel too (each
 /// channel's A² rows in one run for the input transform) made gemm's packing and its
 /// micro-kernel slower by more than the input transform gained.
 ///
