@@ -397,6 +397,8 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
     let (k_out, c_in) = (kernel.k, kernel.c);
     let (th, tw) = (h.div_ceil(M), w.div_ceil(M));
     let rows = n * th;
+    // M_ξ's row stride in `mbuf`: channel k's A² rows of tb floats lie one after another.
+    let ms = A * A * tb;
     let mut g0 = 0;
     while g0 < rows {
         let g1 = (g0 + rows_per_block).min(rows);
@@ -434,11 +436,11 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
             if first {
                 for k in 0..k_out {
                     // SAFETY: row k of M_ξ, columns nt..tb, inside `mbuf` (above).
-                    unsafe { std::ptr::write_bytes(mx.add(k * A * A * tb + nt), 0, tb - nt) };
+                    unsafe { std::ptr::write_bytes(mx.add(k * ms + nt), 0, tb - nt) };
                 }
             }
             let ux = u[xi * k_out * c_in..(xi + 1) * k_out * c_in].as_ptr();
-            product(level, in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb, ms: A * A * tb }, nt);
+            product(level, in_place, Operands { v: vx, u: ux, m: mx, c: c_in, k: k_out, tb, ms }, nt);
         });
         // SAFETY: every element of `mbuf` has been written, by this block's products or the
         // first block's (above), and the products are done.
@@ -452,7 +454,7 @@ fn blocks<const M: usize, const A: usize, S: TableSet<M, A>>(
             }
             // Channel k's values: (ξ, t) at k·A²·tb + ξ·tb + t; this image's tiles are t0..t1.
             let (t0, t1) = ((rows_of_b.start - g0) * tw, (rows_of_b.end - g0) * tw);
-            let mk = &mbuf[k * A * A * tb..];
+            let mk = &mbuf[k * ms..];
             let bias = epi.bias.map(|b| b[k]).unwrap_or(0.0);
             // The tiles in whole groups of LANES where the row has the columns (always for an
             // image alone in its block, t0 = 0): the lanes past t1 compute whatever the
