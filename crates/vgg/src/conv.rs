@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
+use crate::cpu::simd;
 use crate::kernel_cache::{self, Floats, KernelCache, KernelKey};
 use crate::tape::{with_f32, BitMask};
 use crate::winograd::{self, Epilogue, Kernel, Variant};
@@ -18,8 +19,9 @@ use crate::{Error, Result};
 /// How the convolutions are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvAlgorithm {
-    /// Winograd F(4×4, 3×3) on the CPU (4× fewer multiplications than direct), candle's
-    /// `conv2d` on other devices. The default.
+    /// Winograd F(4×4, 3×3) on the CPU (4× fewer multiplications than direct; F(2×2, 3×3) for
+    /// images of few tiles on AVX-512, see `Variant::fast`), candle's `conv2d` on other devices.
+    /// The default.
     #[default]
     Fast,
     /// Winograd F(2×2, 3×3) on the CPU (2.25× fewer multiplications, a little more exact).
@@ -62,9 +64,10 @@ pub struct Conv3x3 {
     bias: Tensor,
     algorithm: ConvAlgorithm,
     // Built on first use only, so unused layers (conv5_2 … conv5_4 for the usual losses) cost
-    // no memory beyond their weights.
-    cpu_forward: OnceLock<Arc<Kernel>>,
-    cpu_backward: OnceLock<Arc<Kernel>>,
+    // no memory beyond their weights; one cell per [`Variant`] (`Variant as usize`), as `Fast`
+    // picks the variant by image size.
+    cpu_forward: [OnceLock<Arc<Kernel>>; 2],
+    cpu_backward: [OnceLock<Arc<Kernel>>; 2],
     cpu_bias: OnceLock<Arc<Vec<f32>>>,
     weight_grad_input: OnceLock<Tensor>,
     kernel_cache: Option<Arc<KernelCache>>,
@@ -85,8 +88,8 @@ impl Conv3x3 {
             weight: weight.to_dtype(DType::F32)?.contiguous()?,
             bias: bias.to_dtype(DType::F32)?.contiguous()?,
             algorithm,
-            cpu_forward: OnceLock::new(),
-            cpu_backward: OnceLock::new(),
+            cpu_forward: Default::default(),
+            cpu_backward: Default::default(),
             cpu_bias: OnceLock::new(),
             weight_grad_input: OnceLock::new(),
             kernel_cache: None,
@@ -109,19 +112,24 @@ impl Conv3x3 {
         self.weight.dims()[1]
     }
 
-    fn variant(&self, x: &Tensor) -> Option<Variant> {
+    /// The Winograd variant for `x` `(N, C, H, W)`, or none where candle's `conv2d` runs.
+    fn variant(&self, x: &Tensor) -> Result<Option<Variant>> {
         if !x.device().is_cpu() {
-            return None;
+            return Ok(None);
         }
-        match self.algorithm {
-            ConvAlgorithm::Fast => Some(Variant::F43),
+        Ok(match self.algorithm {
+            ConvAlgorithm::Fast => {
+                let (_, _, h, w) = x.dims4()?;
+                Some(Variant::fast(simd(), h, w))
+            }
             ConvAlgorithm::Winograd2x2 => Some(Variant::F23),
             ConvAlgorithm::Candle => None,
-        }
+        })
     }
 
     fn kernel(&self, v: Variant, backward: bool) -> Result<Arc<Kernel>> {
-        let cell = if backward { &self.cpu_backward } else { &self.cpu_forward };
+        let cells = if backward { &self.cpu_backward } else { &self.cpu_forward };
+        let cell = &cells[v as usize];
         if let Some(k) = cell.get() {
             return Ok(k.clone());
         }
@@ -154,13 +162,13 @@ impl Conv3x3 {
 
     /// Bytes of Winograd-domain kernels built so far.
     pub fn transformed_bytes(&self) -> usize {
-        [&self.cpu_forward, &self.cpu_backward].iter().filter_map(|c| c.get()).map(|k| k.bytes()).sum()
+        self.cpu_forward.iter().chain(&self.cpu_backward).filter_map(|c| c.get()).map(|k| k.bytes()).sum()
     }
 
     /// `relu(W ⋆ x + b)` when `relu`, else `W ⋆ x + b`; `x` is `(N, C_in, H, W)`, the result
     /// `(N, C_out, H, W)`.
     pub fn forward_with(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        match self.variant(x) {
+        match self.variant(x)? {
             Some(v) => {
                 let bias = match self.cpu_bias.get() {
                     Some(b) => b.clone(),
@@ -186,7 +194,7 @@ impl Conv3x3 {
     /// given: `W' ⋆ (grad_out ⊙ [relu > 0])` with `W'` the transposed, flipped kernel.
     /// `grad_out` is `(N, C_out, H, W)`; the result `(N, C_in, H, W)`.
     pub fn input_grad(&self, grad_out: &Tensor, relu: Option<&Rectified>) -> Result<Tensor> {
-        match self.variant(grad_out) {
+        match self.variant(grad_out)? {
             Some(v) => {
                 let computed;
                 let mask = match relu {

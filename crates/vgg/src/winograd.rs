@@ -145,7 +145,40 @@ impl Variant {
     pub(crate) fn floats(self, k: usize, c: usize) -> usize {
         (self.tile() + 2).pow(2) * k * c
     }
+
+    /// The variant of [`crate::ConvAlgorithm::Fast`] for images of `h × w` on `level`:
+    /// F(4×4, 3×3), but F(2×2, 3×3) on AVX-512 for images of fewer than [`FEW_TILES`] F(4×4)
+    /// tiles. Chosen by the image's size, never the batch's, so that a batch's images are
+    /// computed as alone.
+    ///
+    /// A layer of few tiles reads its transformed kernel (36·K·C floats, 38 MB at 512 → 512)
+    /// for little arithmetic: at 160×120 the in-place products of conv4 (20 tiles) and conv5 (6)
+    /// were 28% of an evaluation's samples, bound by those reads, with 12 and 10 of each
+    /// AVX-512 vector's 32 and 16 lanes idle. F(2×2)'s kernel is 16·K·C floats: 1.78× the
+    /// multiplications per output pixel for 0.44× the bytes, and its 4× more tiles fill the
+    /// vectors (conv4 at 160×120: 80 tiles, done by gemm; conv5: 20, in place). Measured on an
+    /// Intel Xeon (family 6 model 207, AVX-512), `runner bench`, five rounds alternating, the
+    /// fastest evaluation of each process: 160×120 0.0874, 0.0852, 0.0860, 0.0903, 0.0891 s
+    /// with F(4×4) throughout, 0.0845, 0.0851, 0.0865, 0.0940, 0.0905 s with this; 256×256
+    /// (conv5: 16 tiles) 0.215, 0.199, 0.221, 0.237, 0.260 against 0.200, 0.201, 0.218, 0.219,
+    /// 0.225 s; two profiles of 12 evaluations at 256×256 10 694 and 10 606 samples against
+    /// 9 004 and 8 369. Peak RSS 522 → 343 MiB at 160×120 and 576 → 521 MiB at 256×256 (the
+    /// kernels of those layers are 0.44× the size). F(2×2) on conv4 at 256×256 too (64 tiles)
+    /// was slower (11 641 and 9 257 samples). On AVX2 (a Zen 3: `docs/performance.md`,
+    /// 2026-11-30) F(2×2) on such layers gained nothing at 6 and 9 tiles and lost from 12 on:
+    /// there the in-place products' vectors are 8 tiles wide and gemm's kernels slower.
+    pub(crate) fn fast(level: Simd, h: usize, w: usize) -> Variant {
+        let tiles = h.div_ceil(4).saturating_mul(w.div_ceil(4));
+        if level == Simd::Avx512 && tiles < FEW_TILES {
+            Variant::F23
+        } else {
+            Variant::F43
+        }
+    }
 }
+
+/// F(4×4) tiles per image below which [`Variant::fast`] takes F(2×2, 3×3) on AVX-512.
+const FEW_TILES: usize = 64;
 
 /// [`transform`]'s floats as a [`Kernel`], for the tests (the convolutions call [`transform`]
 /// themselves, through their kernel cache when they have one).
@@ -718,13 +751,13 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     });
     for xi in 0..A {
         let rr = &r[xi * len..(xi + 1) * len];
-        // AVX-512 keeps the portable loop below until measured on a CPU that has it.
         #[cfg(target_arch = "x86_64")]
-        let done = if level == Simd::Avx2 && M == 4 && A == 6 {
+        let done = if level != Simd::Baseline && M == 4 && A == 6 {
             // The six columns' rows from the block's first tile of this row (t0 + tw ≤ tb).
             let dst = &mut cols[xi * A * tb + t0..(xi * A + A - 1) * tb + t0 + tw];
-            // SAFETY: this code runs compiled for AVX2 only (`with_simd`'s `narrow`, on a CPU
-            // that has it); the bounds are checked inside.
+            // SAFETY: this code runs compiled for AVX2 or AVX-512 (`with_simd`'s `narrow` or
+            // `wide`, on a CPU that has it; `wide` enables AVX2 too); the bounds are checked
+            // inside.
             unsafe { tile_columns_avx2(rr, dst, tb, tw) }
         } else {
             0
@@ -947,7 +980,9 @@ unsafe fn interleave_4x8(src: *const f32, dst: *mut f32) {
 /// of 8 and then 4: the six columns of F(4×4, 3×3)'s tiles, which start 4 floats apart and
 /// overlap by 2 (LLVM writes the portable loop as scalar moves with their bounds checks: 40% of
 /// the input transform's first half on a Zen 3 at 160×120; with [`padded_row`], that half took
-/// 30–35% fewer samples at 160×120 and 512×512). A group is a 4 × 4 transpose of
+/// 30–35% fewer samples at 160×120 and 512×512; on an AVX-512 Xeon, which ran the portable
+/// loop before, the first half fell from 11.8% to 7.8% of the samples at 160×120 and an
+/// evaluation from 0.132–0.142 to 0.123–0.130 s, three rounds alternating). A group is a 4 × 4 transpose of
 /// 128-bit rows (two side by side for 8 tiles), once from the tiles' start (columns 0–3) and
 /// once 4 floats on (columns 4 and 5 are columns 0 and 1 of the next tile). Returns the tiles
 /// done, a multiple of 4; the caller does the rest.
@@ -1082,6 +1117,18 @@ pub(crate) mod tests {
                 assert!(e < 3e-5, "{variant:?} {c} {k} {h} {w}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn fast_takes_f23_for_few_tiles_on_avx512_only() {
+        // 20 × 15 pixels: 5 × 4 = 20 tiles of 4 × 4; 32 × 32: 64; 31 × 32: 8 × 8 = 64 (rounded up).
+        assert_eq!(Variant::fast(Simd::Avx512, 15, 20), Variant::F23);
+        assert_eq!(Variant::fast(Simd::Avx512, 28, 36), Variant::F23); // 7 × 9 = 63
+        assert_eq!(Variant::fast(Simd::Avx512, 32, 32), Variant::F43);
+        assert_eq!(Variant::fast(Simd::Avx512, 31, 32), Variant::F43);
+        assert_eq!(Variant::fast(Simd::Avx512, 120, 160), Variant::F43);
+        assert_eq!(Variant::fast(Simd::Avx2, 15, 20), Variant::F43);
+        assert_eq!(Variant::fast(Simd::Baseline, 3, 5), Variant::F43);
     }
 
     #[test]
