@@ -44,6 +44,26 @@ impl ConvAlgorithm {
     }
 }
 
+impl ConvAlgorithm {
+    /// The Winograd variant this algorithm runs on the CPU for images of `h × w` pixels, or
+    /// none for candle's `conv2d`.
+    fn cpu_variant(self, h: usize, w: usize) -> Option<Variant> {
+        match self {
+            ConvAlgorithm::Fast => Some(Variant::fast(simd(), h, w)),
+            ConvAlgorithm::Winograd2x2 => Some(Variant::F23),
+            ConvAlgorithm::Candle => None,
+        }
+    }
+
+    /// Floats of the Winograd-domain kernel this algorithm builds on the CPU, per weight of a
+    /// 3×3 convolution over images of `h × w` pixels, for each direction (forward, input
+    /// gradient): 36/9 with F(4×4, 3×3), 16/9 with F(2×2, 3×3), 0 with candle's `conv2d`. For
+    /// the memory plan.
+    pub fn kernel_floats_per_weight(self, h: usize, w: usize) -> f64 {
+        self.cpu_variant(h, w).map_or(0.0, |v| v.floats(1, 1) as f64 / 9.0)
+    }
+}
+
 impl std::fmt::Display for ConvAlgorithm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -117,14 +137,8 @@ impl Conv3x3 {
         if !x.device().is_cpu() {
             return Ok(None);
         }
-        Ok(match self.algorithm {
-            ConvAlgorithm::Fast => {
-                let (_, _, h, w) = x.dims4()?;
-                Some(Variant::fast(simd(), h, w))
-            }
-            ConvAlgorithm::Winograd2x2 => Some(Variant::F23),
-            ConvAlgorithm::Candle => None,
-        })
+        let (_, _, h, w) = x.dims4()?;
+        Ok(self.algorithm.cpu_variant(h, w))
     }
 
     fn kernel(&self, v: Variant, backward: bool) -> Result<Arc<Kernel>> {

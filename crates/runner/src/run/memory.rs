@@ -3,23 +3,24 @@
 //! estimate does not fit is refused while planning, instead of aborting half-way.
 //!
 //! The model (measured on the CPU path, `docs/performance.md`): a fixed part, the weights and
-//! their Winograd-domain kernels (forward and backward, 36/9 of the 3×3 kernel each) for the
+//! their Winograd-domain kernels (forward and backward, 36/9 of the 3×3 kernel each, or 16/9
+//! where the layer takes F(2×2, 3×3) at the run's size: `vgg::ConvAlgorithm::Fast`) for the
 //! convolutions the run uses; and per output pixel what an evaluation keeps — one bit per ReLU
 //! output for the backward pass, the activations of the loss layers and their gradients
 //! (1.43× the loss layers' activations, fitted), or at least a convolution's input and output
 //! at the widest layer — plus the image-sized vectors of the optimizer (L-BFGS: two per stored
 //! pair; Adam: two moments).
 
-use vgg::{ConvId, Layer};
+use vgg::{ConvAlgorithm, ConvId, Layer};
 
 use crate::params::{OptimizerKind, RunParams};
 
 /// MiB of the process before any activation: the binary, the allocator, all VGG19 weights as
 /// float32 (80 MB) and the decoded images (fitted: 97 MiB with a two-convolution network).
 const FIXED_MIB: f64 = 97.0;
-/// Bytes of memory per byte of used convolution weights: the weights' Winograd-domain kernels,
-/// forward and backward (4× each), and the rest (fitted: 8.7).
-const PER_WEIGHT_BYTE: f64 = 8.7;
+/// Bytes of memory per byte of used convolution weights besides their Winograd-domain kernels
+/// (fitted: 8.7 with the kernels' 2 × 36/9 = 8 when every layer took F(4×4, 3×3)).
+const PER_WEIGHT_BYTE: f64 = 0.7;
 /// Bytes of memory per byte of the loss layers' activations: the activations, their gradients
 /// and the gradient flowing back through block 1, which meet at the backward pass's end
 /// (fitted at 1024² with the default layers: 1.43).
@@ -65,12 +66,16 @@ pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
 fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize) -> MemoryEstimate {
     let px = f64::from(width) * f64::from(height);
     // Per output pixel: bits of every ReLU, the loss layers' activations, the widest one.
-    let (mut weights, mut bits, mut loss, mut widest) = (0f64, 0f64, 0f64, 0f64);
+    let (mut weights, mut kernels, mut bits, mut loss, mut widest) = (0f64, 0f64, 0f64, 0f64, 0f64);
     let read: Vec<Layer> =
         p.objective.content_layers.0.iter().copied().chain(p.objective.style_layers.layers()).collect();
     if let Some(last) = deepest(p) {
         for c in ConvId::all().take(last.conv().ordinal() + 1) {
-            weights += (c.out_channels() * c.in_channels() * 9 * 4) as f64;
+            let bytes = (c.out_channels() * c.in_channels() * 9 * 4) as f64;
+            weights += bytes;
+            // The layer's input: the image halved by each pooling before its block.
+            let (w, h) = (width >> (c.block() - 1), height >> (c.block() - 1));
+            kernels += 2.0 * bytes * ConvAlgorithm::Fast.kernel_floats_per_weight(h as usize, w as usize);
             let bytes = c.out_channels() as f64 * 4.0 / f64::from(1u32 << (2 * (c.block() - 1)));
             bits += bytes / 32.0;
             widest = widest.max(bytes);
@@ -90,7 +95,7 @@ fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize)
     };
     let mib = |bytes: f64| bytes / f64::from(1u32 << 20);
     let optimizer_mib = mib(vectors * 3.0 * 4.0 * px);
-    let fixed = FIXED_MIB + mib(PER_WEIGHT_BYTE * weights);
+    let fixed = FIXED_MIB + mib(PER_WEIGHT_BYTE * weights + kernels);
     let optimisation = fixed + mib(px * (tape + PER_PIXEL)) + optimizer_mib;
     // Before the optimisation, the style targets: a forward pass without a tape over the largest
     // style image (a square of its long side, the most it can be), whose widest activations are
@@ -159,8 +164,9 @@ mod tests {
         let at = |w: u32, h: u32| estimate(&p, w, h).peak_mib;
         let (small, large) = (at(256, 192), at(1024, 768));
         assert!(large > 2.0 * small, "{small} {large}");
-        // Above the fixed part, memory is proportional to the pixels.
-        let (d1, d2) = (at(1024, 768) - at(512, 384), at(2048, 1536) - at(1024, 768));
+        // Above the fixed part, memory is proportional to the pixels (from 1024×768 on, every
+        // layer takes F(4×4) whatever the CPU: the fixed part is the same at these sizes).
+        let (d1, d2) = (at(2048, 1536) - at(1024, 768), at(4096, 3072) - at(2048, 1536));
         assert!((d2 / d1 - 4.0).abs() < 1e-9, "{d1} {d2}");
         let mut shallow = p.clone();
         shallow.objective.style_layers = crate::params::StyleLayers(vec![]);
