@@ -42,9 +42,7 @@ impl ConvAlgorithm {
             ConvAlgorithm::Candle => "candle",
         }
     }
-}
 
-impl ConvAlgorithm {
     /// The Winograd variant this algorithm runs on the CPU for images of `h × w` pixels, or
     /// none for candle's `conv2d`.
     fn cpu_variant(self, h: usize, w: usize) -> Option<Variant> {

@@ -71,11 +71,11 @@ fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize)
         p.objective.content_layers.0.iter().copied().chain(p.objective.style_layers.layers()).collect();
     if let Some(last) = deepest(p) {
         for c in ConvId::all().take(last.conv().ordinal() + 1) {
-            let bytes = (c.out_channels() * c.in_channels() * 9 * 4) as f64;
-            weights += bytes;
+            let weight_bytes = (c.out_channels() * c.in_channels() * 9 * 4) as f64;
+            weights += weight_bytes;
             // The layer's input: the image halved by each pooling before its block.
             let (w, h) = (width >> (c.block() - 1), height >> (c.block() - 1));
-            kernels += 2.0 * bytes * ConvAlgorithm::Fast.kernel_floats_per_weight(h as usize, w as usize);
+            kernels += 2.0 * weight_bytes * ConvAlgorithm::Fast.kernel_floats_per_weight(h as usize, w as usize);
             let bytes = c.out_channels() as f64 * 4.0 / f64::from(1u32 << (2 * (c.block() - 1)));
             bits += bytes / 32.0;
             widest = widest.max(bytes);
