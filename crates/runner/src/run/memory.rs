@@ -54,28 +54,57 @@ pub(super) fn deepest(p: &RunParams) -> Option<Layer> {
 /// any of its stages (with `scales`, a smaller stage may keep a longer history).
 pub fn estimate(p: &RunParams, width: u32, height: u32) -> MemoryEstimate {
     let stages = p.stages((width, height)).unwrap_or_default();
-    let one = |s: &crate::params::Stage| estimate_stage(p, (s.width, s.height), s.iterations);
+    let mut sizes: Vec<(u32, u32)> = stages.iter().map(|s| (s.width, s.height)).collect();
+    if sizes.is_empty() {
+        sizes.push((width, height));
+    }
+    let kernels = kernel_bytes(p, &sizes);
+    let one = |s: &crate::params::Stage| estimate_stage(p, (s.width, s.height), s.iterations, kernels);
     stages
         .iter()
         .map(one)
         .reduce(|a, b| if b.peak_mib > a.peak_mib { b } else { a })
-        .unwrap_or_else(|| estimate_stage(p, (width, height), p.optimizer.iterations.at(0)))
+        .unwrap_or_else(|| estimate_stage(p, (width, height), p.optimizer.iterations.at(0), kernels))
 }
 
-/// The estimate of one stage of `iterations` steps at `(width, height)`.
-fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize) -> MemoryEstimate {
+/// Bytes of a convolution's weights as float32.
+fn weight_bytes(c: ConvId) -> f64 {
+    (c.out_channels() * c.in_channels() * 9 * 4) as f64
+}
+
+/// Bytes of the Winograd-domain kernels of the convolutions run `p` uses, forward and backward,
+/// over stages of `sizes`: a layer keeps the kernel of each variant it takes once built, so a
+/// run whose stages take both (`scales`, on AVX-512) holds both. (The style images, which go
+/// through the forward pass at their own sizes, are taken to take their stage's variants.)
+fn kernel_bytes(p: &RunParams, sizes: &[(u32, u32)]) -> f64 {
+    let Some(last) = deepest(p) else { return 0.0 };
+    ConvId::all()
+        .take(last.conv().ordinal() + 1)
+        .map(|c| {
+            // The layer's input: the image halved by each pooling before its block.
+            let mut per_weight: Vec<f64> = sizes
+                .iter()
+                .map(|&(w, h)| (w >> (c.block() - 1), h >> (c.block() - 1)))
+                .map(|(w, h)| ConvAlgorithm::Fast.kernel_floats_per_weight(h as usize, w as usize))
+                .collect();
+            per_weight.sort_by(f64::total_cmp);
+            per_weight.dedup();
+            2.0 * weight_bytes(c) * per_weight.iter().sum::<f64>()
+        })
+        .sum()
+}
+
+/// The estimate of one stage of `iterations` steps at `(width, height)`, with the run's
+/// Winograd-domain `kernels` (bytes).
+fn estimate_stage(p: &RunParams, (width, height): (u32, u32), iterations: usize, kernels: f64) -> MemoryEstimate {
     let px = f64::from(width) * f64::from(height);
     // Per output pixel: bits of every ReLU, the loss layers' activations, the widest one.
-    let (mut weights, mut kernels, mut bits, mut loss, mut widest) = (0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut weights, mut bits, mut loss, mut widest) = (0f64, 0f64, 0f64, 0f64);
     let read: Vec<Layer> =
         p.objective.content_layers.0.iter().copied().chain(p.objective.style_layers.layers()).collect();
     if let Some(last) = deepest(p) {
         for c in ConvId::all().take(last.conv().ordinal() + 1) {
-            let weight_bytes = (c.out_channels() * c.in_channels() * 9 * 4) as f64;
-            weights += weight_bytes;
-            // The layer's input: the image halved by each pooling before its block.
-            let (w, h) = (width >> (c.block() - 1), height >> (c.block() - 1));
-            kernels += 2.0 * weight_bytes * ConvAlgorithm::Fast.kernel_floats_per_weight(h as usize, w as usize);
+            weights += weight_bytes(c);
             let bytes = c.out_channels() as f64 * 4.0 / f64::from(1u32 << (2 * (c.block() - 1)));
             bits += bytes / 32.0;
             widest = widest.max(bytes);
@@ -181,6 +210,22 @@ mod tests {
         let mut big_style = p.clone();
         big_style.controls.style_scale = crate::params::Scale(8.0);
         assert!(estimate(&big_style, 1024, 768).peak_mib > 4.0 * large, "{}", estimate(&big_style, 1024, 768).peak_mib);
+    }
+
+    #[test]
+    fn a_run_whose_stages_take_both_variants_holds_both_kernels() {
+        let mut p = RunParams::default();
+        p.optimizer.iterations = crate::params::Iterations::Each(crate::params::types::Int(2));
+        let alone = estimate(&p, 1024, 768);
+        p.geometry.scales = Some(crate::params::Scales::List(vec![crate::params::types::Int(128)]));
+        let staged = estimate(&p, 1024, 768);
+        // At 128×96, conv3 (32×24: 8 × 6 tiles of 4 × 4), conv4 (12 tiles) and conv5_1 (4) have
+        // fewer than 64 tiles: on AVX-512 they take F(2×2) there (16/9 of their weights per
+        // direction) and F(4×4) at 1024×768, and keep both kernels.
+        let small = ConvId::all().filter(|c| (3..=4).contains(&c.block()) || *c == ConvId::new(5, 1).unwrap());
+        let f23_mib = small.map(|c| 2.0 * weight_bytes(c) * 16.0 / 9.0).sum::<f64>() / 1048576.0;
+        let extra = if vgg::simd() == vgg::Simd::Avx512 { f23_mib } else { 0.0 };
+        assert!((staged.shared_mib - alone.shared_mib - extra).abs() < 1e-6, "{staged:?} {alone:?} {extra}");
     }
 
     #[test]
