@@ -25,6 +25,7 @@ mod model;
 mod pickle_guard;
 mod products;
 pub mod tape;
+mod vector;
 pub mod weights;
 mod winograd;
 

@@ -11,10 +11,10 @@
 //! sequential streams, prefetched a few lines ahead); `V_ξ` is read as the input transform
 //! wrote it, `[c][t]`, one vector of tiles at a time, a few rows ahead prefetched; the register
 //! block's shape follows the tile count. The caller ([`crate::winograd`]) uses this for images
-//! of fewer tiles than [`Vector::BELOW`] of the instruction set: from there on, gemm was as
+//! of fewer tiles than [`Blocking::BELOW`] of the instruction set: from there on, gemm was as
 //! fast or faster.
 //!
-//! A register block is R vectors of tiles × N output channels (at most [`Vector::ACC`]
+//! A register block is R vectors of tiles × N output channels (at most [`Blocking::ACC`]
 //! accumulators), the sum over all C input channels in one pass: `acc ← fma(v, u, acc)` from
 //! 0, c = 0, 1, …, C − 1. Each tile's sum is its own vector lane, in that order whatever the
 //! block's shape, so a tile gets the same bits wherever its block starts.
@@ -23,6 +23,8 @@
 use std::arch::x86_64::*;
 
 use crate::cpu::Simd;
+#[cfg(target_arch = "x86_64")]
+use crate::vector::{Vector, Ymm, Zmm};
 
 /// Rows of `V_ξ` prefetched ahead of the one in use: measured on the project's Xeon (one
 /// thread, the 36 products of a 512 → 512 layer, on a first version of these blocks that read
@@ -55,14 +57,14 @@ pub(crate) struct Operands {
 }
 
 /// Whether images of `tiles` tiles have their products done here on `level` rather than by
-/// gemm: below [`Vector::BELOW`] of the set, never on the baseline. Decided per image size,
+/// gemm: below [`Blocking::BELOW`] of the set, never on the baseline. Decided per image size,
 /// never by the batch, so that a batch's images are computed as alone.
 pub(crate) fn in_place(level: Simd, tiles: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         match level {
-            Simd::Avx512 => tiles < <Zmm as Vector>::BELOW,
-            Simd::Avx2 => tiles < <Ymm as Vector>::BELOW,
+            Simd::Avx512 => tiles < <Zmm as Blocking>::BELOW,
+            Simd::Avx2 => tiles < <Ymm as Blocking>::BELOW,
             Simd::Baseline => false,
         }
     }
@@ -107,12 +109,10 @@ pub(crate) unsafe fn product(level: Simd, o: Operands, nt: usize) {
     unreachable!("in-place products on {level:?}")
 }
 
-/// One vector register of floats and what the blocks do with it. Every method is inlined into
-/// a function compiled for the set ([`product`]), whose caller guarantees the CPU has it.
+/// How the blocks use one set's vector ([`Vector`]); every method is inlined into a function
+/// compiled for the set ([`product`]), whose caller guarantees the CPU has it.
 #[cfg(target_arch = "x86_64")]
-trait Vector: Copy {
-    /// Floats a vector holds.
-    const LANES: usize;
+trait Blocking: Vector {
     /// Accumulators a register block may hold: 24 of AVX-512's 32 registers, 12 of AVX2's 16
     /// (the rest hold a row of tiles and the broadcast weight).
     const ACC: usize;
@@ -122,22 +122,10 @@ trait Vector: Copy {
     /// are cut into, and the output channels of a block of the 1, 2, … vectors left over.
     const GROUP: (usize, usize);
     const REST: &'static [usize];
-    unsafe fn zero() -> Self;
-    unsafe fn load(p: *const f32) -> Self;
-    unsafe fn splat(x: f32) -> Self;
-    /// `a · b + c`, rounded once.
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-    unsafe fn store(self, p: *mut f32);
 }
 
-/// AVX-512's vector.
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Zmm(__m512);
-
-#[cfg(target_arch = "x86_64")]
-impl Vector for Zmm {
-    const LANES: usize = 16;
+impl Blocking for Zmm {
     const ACC: usize = 24;
     /// Measured on the project's Xeon (`runner bench --size 160 --height 120`, three rounds
     /// alternating): per evaluation 0.157–0.169 s with gemm throughout, 0.139–0.150 s in place
@@ -147,41 +135,10 @@ impl Vector for Zmm {
     /// 4 vectors (64 tiles) × 6 channels, then 1 × 16, 2 × 12, 3 × 8.
     const GROUP: (usize, usize) = (4, 6);
     const REST: &'static [usize] = &[16, 12, 8];
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        // SAFETY: AVX-512F, by the caller.
-        Zmm(unsafe { _mm512_setzero_ps() })
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        // SAFETY: AVX-512F and 16 readable floats at p, by the caller.
-        Zmm(unsafe { _mm512_loadu_ps(p) })
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self {
-        // SAFETY: AVX-512F, by the caller.
-        Zmm(unsafe { _mm512_set1_ps(x) })
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        // SAFETY: AVX-512F, by the caller.
-        Zmm(unsafe { _mm512_fmadd_ps(a.0, b.0, c.0) })
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        // SAFETY: AVX-512F and 16 writable floats at p, by the caller.
-        unsafe { _mm512_storeu_ps(p, self.0) }
-    }
 }
 
-/// AVX2's vector.
 #[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct Ymm(__m256);
-
-#[cfg(target_arch = "x86_64")]
-impl Vector for Ymm {
-    const LANES: usize = 8;
+impl Blocking for Ymm {
     const ACC: usize = 12;
     /// Measured on a Zen 3 (2 threads, the 36 products of one block, the two paths alternating,
     /// best of 15 each, in place / gemm): 512 → 512 channels on 6 tiles 0.71–0.86, on 20 tiles
@@ -194,34 +151,9 @@ impl Vector for Ymm {
     /// 1 × 10 0.82 of gemm's time where 1 × 8 took 0.85–0.91 and 1 × 12 0.85–0.95.
     const GROUP: (usize, usize) = (3, 4);
     const REST: &'static [usize] = &[10, 6];
-    #[inline(always)]
-    unsafe fn zero() -> Self {
-        // SAFETY: AVX, by the caller.
-        Ymm(unsafe { _mm256_setzero_ps() })
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        // SAFETY: AVX and 8 readable floats at p, by the caller.
-        Ymm(unsafe { _mm256_loadu_ps(p) })
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> Self {
-        // SAFETY: AVX, by the caller.
-        Ymm(unsafe { _mm256_set1_ps(x) })
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-        // SAFETY: FMA, by the caller.
-        Ymm(unsafe { _mm256_fmadd_ps(a.0, b.0, c.0) })
-    }
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        // SAFETY: AVX and 8 writable floats at p, by the caller.
-        unsafe { _mm256_storeu_ps(p, self.0) }
-    }
 }
 
-/// Every block of one product: the tiles in groups of [`Vector::GROUP`] with the output
+/// Every block of one product: the tiles in groups of [`Blocking::GROUP`] with the output
 /// channels outside, so that the channels' rows of `U_ξ` are reused from cache by every group;
 /// then the vectors left over.
 ///
@@ -229,7 +161,7 @@ impl Vector for Ymm {
 /// As [`product`], inlined into a function compiled for `V`'s set.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn blocks<V: Vector>(o: Operands, nt: usize) {
+unsafe fn blocks<V: Blocking>(o: Operands, nt: usize) {
     // `shapes!` below has blocks for groups of up to 4 vectors, and a rest width for each
     // count of vectors a group can leave over: a set outside that would skip tiles silently.
     const { assert!(V::GROUP.0 >= 1 && V::GROUP.0 <= 4 && V::REST.len() + 1 == V::GROUP.0) };
@@ -261,7 +193,7 @@ unsafe fn blocks<V: Vector>(o: Operands, nt: usize) {
 /// As [`product`], with `t1 ≤ tb`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn by_channels<V: Vector, const R: usize>(o: Operands, t0: usize, t1: usize, width: usize) {
+unsafe fn by_channels<V: Blocking, const R: usize>(o: Operands, t0: usize, t1: usize, width: usize) {
     let mut k0 = 0;
     while t0 < t1 && k0 < o.k {
         let n = (o.k - k0).min(width);
@@ -280,7 +212,7 @@ unsafe fn by_channels<V: Vector, const R: usize>(o: Operands, t0: usize, t1: usi
 /// As [`by_channels`], with `k0 + n ≤ K`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn channels<V: Vector, const R: usize>(o: Operands, t0: usize, k0: usize, n: usize) {
+unsafe fn channels<V: Blocking, const R: usize>(o: Operands, t0: usize, k0: usize, n: usize) {
     macro_rules! widths {
         ($($n:literal)*) => {
             match n {
@@ -300,7 +232,7 @@ unsafe fn channels<V: Vector, const R: usize>(o: Operands, t0: usize, k0: usize,
 /// As [`channels`], where the CPU's `V` is enabled.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn block<V: Vector, const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize) {
+unsafe fn block<V: Blocking, const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize) {
     // SAFETY: every address read or written is inside the operands by the caller's bounds;
     // prefetches past them are hints that do not fault.
     unsafe {

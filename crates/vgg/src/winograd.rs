@@ -27,6 +27,9 @@ use crate::cpu::{simd, Simd};
 use crate::kernel_cache::Floats;
 use crate::products::{self, Operands};
 use crate::tape::Bits;
+use crate::vector::{Portable, Vector};
+#[cfg(target_arch = "x86_64")]
+use crate::vector::{Ymm, Zmm};
 
 /// The constant matrices of one Winograd variant: `bt` (a×a), `g` (a×3), `at` (m×a).
 pub(crate) struct Tables<const M: usize, const A: usize> {
@@ -86,21 +89,6 @@ impl TableSet<2, 4> for W23 {
 pub(crate) struct W43;
 impl TableSet<4, 6> for W43 {
     const T: Tables<4, 6> = F43;
-}
-
-/// `acc + c * x`, written so that, once the tables are constants, multiplications by 0 and ±1
-/// disappear at compile time.
-#[inline(always)]
-fn madd(acc: f32, c: f32, x: f32) -> f32 {
-    if c == 0.0 {
-        acc
-    } else if c == 1.0 {
-        acc + x
-    } else if c == -1.0 {
-        acc - x
-    } else {
-        acc + c * x
-    }
 }
 
 /// A convolution's kernel in the Winograd domain: `u[ξ][k][c]` for `K` outputs, `C` inputs.
@@ -566,9 +554,8 @@ const MIN_TILES: usize = 128;
 
 /// Defines `$name(level, args…)`: `$impl(level, args…)` compiled for AVX-512 or AVX2+FMA when
 /// `level` says so (the caller guarantees the CPU has it: [`simd`]), else for the baseline
-/// target; inside, `level` is a constant, for the few places that use a set's instructions by
-/// name. The transforms are otherwise plain loops over constant tables that the compiler
-/// vectorises.
+/// target; inside, `level` is a constant, which picks the set's [`Vector`] ([`in_lanes`]) and
+/// the few places that use a set's instructions by name.
 macro_rules! with_simd {
     ($name:ident, $impl:ident, ($($arg:ident: $ty:ty),*)) => {
         #[allow(clippy::too_many_arguments)]
@@ -578,12 +565,14 @@ macro_rules! with_simd {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn wide<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
-                    $impl::<M, A, S>(Simd::Avx512, $($arg),*)
+                    // SAFETY: compiled for AVX-512 (and AVX2), which the caller's CPU has.
+                    unsafe { $impl::<M, A, S>(Simd::Avx512, $($arg),*) }
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn narrow<const M: usize, const A: usize, S: TableSet<M, A>>($($arg: $ty),*) {
-                    $impl::<M, A, S>(Simd::Avx2, $($arg),*)
+                    // SAFETY: compiled for AVX2 and FMA, which the caller's CPU has.
+                    unsafe { $impl::<M, A, S>(Simd::Avx2, $($arg),*) }
                 }
                 match level {
                     // SAFETY: `level` is at most what the CPU supports (`simd`, `Simd::detected`).
@@ -593,7 +582,8 @@ macro_rules! with_simd {
                     Simd::Baseline => {}
                 }
             }
-            $impl::<M, A, S>(Simd::Baseline, $($arg),*)
+            // SAFETY: the baseline's vectors (`Portable`, `f32`) need no instruction set.
+            unsafe { $impl::<M, A, S>(Simd::Baseline, $($arg),*) }
         }
     };
 }
@@ -622,71 +612,100 @@ fn input_scratch<const M: usize, const A: usize>(tw: usize, tb: usize) -> usize 
 
 /// Floats of one padded input row of the input transform for `tw` tiles: at least M·(tw + 1)
 /// (≥ M·tw + 2: the row from x = −1, zero beyond), rounded up to whole groups of [`LANES`] so
-/// that the vertical pass never runs lane by lane: one lane at a time, LLVM compares the
-/// coefficients at run time instead of folding them, and at 160×120 most rows of conv3–conv5
-/// are shorter than a group.
+/// that the vertical pass never runs lane by lane (at 160×120 most rows of conv3–conv5 are
+/// shorter than a group).
 fn padded_row<const M: usize>(tw: usize) -> usize {
     (M * (tw + 1)).next_multiple_of(LANES)
 }
 
 /// Scratch floats the output transform of one channel needs for blocks of at most `tb` tiles:
-/// the block's output tiles (M·M·tb), then one group of lanes of the horizontal pass.
+/// the block's output tiles (M·M·tb).
 fn output_scratch<const M: usize, const A: usize>(tb: usize) -> usize {
-    M * M * tb + A * M * LANES
+    M * M * tb
 }
 
 /// Tiles (or pixels) the transforms handle at once, at most: one AVX-512 vector. Each pass below
-/// is written once, generic over a lane count `L`, and runs with `L` = one vector of the
-/// instruction set ([`in_lanes`]: 16 on AVX-512, 8 on AVX2 and below) over whole groups and with
-/// `L = 1` over the rest; every lane does the same operations in the same order as the scalar
-/// code, so the results depend neither on where a group starts nor on the instruction set.
+/// is written once, generic over a [`Vector`] `V`, and runs with the set's vector over whole
+/// groups ([`in_lanes`]: 16 lanes on AVX-512, 8 on AVX2 and below) and with `f32` over the
+/// rest; every lane does the same operations in the same order as `f32`, so the results depend
+/// neither on where a group starts nor on the instruction set.
 const LANES: usize = 16;
 
-/// `s[at..at + L]` as an array.
+/// `V::LANES` floats of `s` from `at`.
+///
+/// # Safety
+/// The CPU must have `V`'s set, enabled where this is inlined ([`Vector`]).
 #[inline(always)]
-fn lanes<const L: usize>(s: &[f32], at: usize) -> [f32; L] {
-    let mut v = [0f32; L];
-    v.copy_from_slice(&s[at..at + L]);
-    v
+unsafe fn get<V: Vector>(s: &[f32], at: usize) -> V {
+    let s = &s[at..at + V::LANES];
+    // SAFETY: V::LANES readable floats; the set by the caller.
+    unsafe { V::load(s.as_ptr()) }
 }
 
-/// `Σ_j row[j] · x[j]` for every lane, from `init`, with [`madd`]'s constant folding.
+/// Stores `v` as `V::LANES` floats of `s` from `at`.
+///
+/// # Safety
+/// As [`get`].
 #[inline(always)]
-fn combine<const A: usize, const L: usize>(row: &[f32; A], x: &[[f32; L]; A], init: f32) -> [f32; L] {
-    let mut acc = [init; L];
-    for j in 0..A {
-        for l in 0..L {
-            acc[l] = madd(acc[l], row[j], x[j][l]);
+unsafe fn put<V: Vector>(v: V, s: &mut [f32], at: usize) {
+    let s = &mut s[at..at + V::LANES];
+    // SAFETY: V::LANES writable floats; the set by the caller.
+    unsafe { v.store(s.as_mut_ptr()) }
+}
+
+/// `init + Σ_j row[j] · x[j]` in every lane, term after term from j = 0; once the tables are
+/// constants, the terms of 0 disappear and those of ±1 are an addition or subtraction.
+///
+/// # Safety
+/// As [`get`].
+#[inline(always)]
+unsafe fn combine<V: Vector, const A: usize>(row: &[f32; A], x: &[V; A], init: f32) -> V {
+    // SAFETY: the set by the caller.
+    unsafe {
+        let mut acc = V::splat(init);
+        for j in 0..A {
+            let c = row[j];
+            acc = if c == 0.0 {
+                acc
+            } else if c == 1.0 {
+                acc.add(x[j])
+            } else if c == -1.0 {
+                acc.sub(x[j])
+            } else {
+                acc.add(V::splat(c).mul(x[j]))
+            };
         }
+        acc
     }
-    acc
 }
 
-/// Runs the body with `L` lanes, one vector of `level` (AVX-512: [`LANES`]; AVX2 and below: 8,
-/// a ymm register), on groups from `from` on, then with `L = 1` on the rest up to `to`
-/// (`@groups n`: `n` lanes whatever the set). With 16 lanes on AVX2, every array of the input
-/// transform took two registers: on a Zen 3, 8 lanes took 30% fewer samples (relative to gemm's)
-/// in its first half and 49% fewer in its second at 512×512, 18% and 46% at 160×120.
+/// Runs the body over `from..to` with `$V` the vector of `level` ([`Zmm`] on AVX-512, [`Ymm`]
+/// on AVX2, [`Portable`] below) on whole groups of its lanes, then with `$V` = `f32` on the
+/// rest. Every `$V` is an instance of the body: inside [`with_simd`]'s functions `level` is a
+/// constant and only its set's instance remains.
 macro_rules! in_lanes {
-    ($level:expr, $from:expr, $to:expr, |$i:ident, $l:ident| $body:expr) => {{
-        if $level == Simd::Avx512 {
-            in_lanes!(@groups LANES, $from, $to, |$i, $l| $body)
-        } else {
-            in_lanes!(@groups 8, $from, $to, |$i, $l| $body)
+    ($level:expr, $from:expr, $to:expr, |$i:ident, $V:ident| $body:expr) => {{
+        match $level {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => in_lanes!(@groups Zmm, $from, $to, |$i, $V| $body),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => in_lanes!(@groups Ymm, $from, $to, |$i, $V| $body),
+            _ => in_lanes!(@groups Portable, $from, $to, |$i, $V| $body),
         }
     }};
-    (@groups $n:expr, $from:expr, $to:expr, |$i:ident, $l:ident| $body:expr) => {{
-        const _: () = assert!($n <= LANES);
+    (@groups $W:ty, $from:expr, $to:expr, |$i:ident, $V:ident| $body:expr) => {{
+        const _: () = assert!(<$W as Vector>::LANES <= LANES);
         let (from, to) = ($from, $to);
-        let body = from + (to - from) / $n * $n;
+        let n = <$W as Vector>::LANES;
+        let body = from + (to - from) / n * n;
         let mut $i = from;
         while $i < body {
-            const $l: usize = $n;
+            type $V = $W;
             $body;
-            $i += $n;
+            $i += n;
         }
         while $i < to {
-            const $l: usize = 1;
+            type $V = f32;
             $body;
             $i += 1;
         }
@@ -698,9 +717,12 @@ macro_rules! in_lanes {
 /// A columns of each tile of each `r[ξi]` stored as the block's tile columns
 /// `col[ξi][j][t0 + tx] = r[ξi][M·tx + j]` (tiles overlap by A − M columns), so that the
 /// horizontal pass ([`input_tiles`]) runs along all the block's tiles at once.
+///
+/// # Safety
+/// The CPU must have `level`'s set, enabled where this is inlined ([`with_simd`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+unsafe fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     level: Simd,
     xc: &[f32],
     mc: Option<Bits<'_>>,
@@ -715,40 +737,38 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     let len = padded_row::<M>(tw);
     let (cols, rest) = scratch.split_at_mut(A * A * tb);
     let (rows, r) = rest.split_at_mut(A * len);
-    for i in 0..A {
-        let dst = &mut rows[i * len..(i + 1) * len];
-        let y = (M * ty + i) as isize - 1;
-        if y < 0 || y >= h as isize {
-            dst.fill(0.0);
-            continue;
-        }
-        let y = y as usize;
-        let src = &xc[y * w..(y + 1) * w];
-        dst[0] = 0.0;
-        match mc {
-            None => dst[1..=w].copy_from_slice(src),
-            Some(mc) => {
-                let (m, d) = (mc.at(y * w), &mut dst[1..=w]);
-                let body = w - w % 16;
-                for x in (0..body).step_by(16) {
-                    let (bits, v) = (m.get16(x), lanes::<16>(src, x));
-                    for (l, d) in d[x..x + 16].iter_mut().enumerate() {
-                        *d = if (bits >> l) & 1 == 1 { v[l] } else { 0.0 };
-                    }
-                }
-                for x in body..w {
-                    d[x] = if m.get(x) { src[x] } else { 0.0 };
+    // SAFETY (every vector operation below): `level`'s set, by the caller.
+    unsafe {
+        for i in 0..A {
+            let dst = &mut rows[i * len..(i + 1) * len];
+            let y = (M * ty + i) as isize - 1;
+            if y < 0 || y >= h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let y = y as usize;
+            let src = &xc[y * w..(y + 1) * w];
+            dst[0] = 0.0;
+            match mc {
+                None => dst[1..=w].copy_from_slice(src),
+                Some(mc) => {
+                    let (m, d) = (mc.at(y * w), &mut dst[1..=w]);
+                    in_lanes!(level, 0, w, |x, V| {
+                        let bits = m.get16(x) & (u32::MAX >> (32 - V::LANES));
+                        let s = &src[x..x + V::LANES];
+                        put(V::load_where(s.as_ptr(), bits), d, x)
+                    });
                 }
             }
+            dst[w + 1..].fill(0.0);
         }
-        dst[w + 1..].fill(0.0);
+        in_lanes!(level, 0, len, |x, V| {
+            let col: [V; A] = std::array::from_fn(|i| get(rows, i * len + x));
+            for xi in 0..A {
+                put(combine::<V, A>(&S::T.bt[xi], &col, 0.0), r, xi * len + x);
+            }
+        });
     }
-    in_lanes!(level, 0, len, |x, L| {
-        let col: [[f32; L]; A] = std::array::from_fn(|i| lanes(rows, i * len + x));
-        for xi in 0..A {
-            r[xi * len + x..][..L].copy_from_slice(&combine(&S::T.bt[xi], &col, 0.0));
-        }
-    });
     for xi in 0..A {
         let rr = &r[xi * len..(xi + 1) * len];
         #[cfg(target_arch = "x86_64")]
@@ -764,11 +784,11 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
         };
         #[cfg(not(target_arch = "x86_64"))]
         let done = 0;
-        in_lanes!(level, done, tw, |tx, L| {
-            let src = &rr[M * tx..M * tx + M * L + (A - M)];
+        in_lanes!(level, done, tw, |tx, V| {
+            let src = &rr[M * tx..M * tx + M * V::LANES + (A - M)];
             for j in 0..A {
-                let dst = &mut cols[(xi * A + j) * tb + t0 + tx..][..L];
-                for l in 0..L {
+                let dst = &mut cols[(xi * A + j) * tb + t0 + tx..][..V::LANES];
+                for l in 0..V::LANES {
                     dst[l] = src[l * M + j];
                 }
             }
@@ -778,8 +798,11 @@ fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 
 /// Second half of the input transform of one channel: the horizontal pass over the block's `nt`
 /// tiles, `v[ξi·A + ξj][t] = Σ_j Bᵀ[ξj][j] col[ξi][j][t]`, into `vc`.
+///
+/// # Safety
+/// As [`input_row_impl`].
 #[inline(always)]
-fn input_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+unsafe fn input_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     level: Simd,
     tb: usize,
     nt: usize,
@@ -788,12 +811,14 @@ fn input_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 ) {
     let cols = &scratch[..A * A * tb];
     for xi in 0..A {
-        in_lanes!(level, 0, nt, |t, L| {
-            let d: [[f32; L]; A] = std::array::from_fn(|j| lanes(cols, (xi * A + j) * tb + t));
-            for xj in 0..A {
-                let acc = combine(&S::T.bt[xj], &d, 0.0);
-                // SAFETY: `vc` covers columns t < tb of every ξ ([`Scatter`]); t + L ≤ nt ≤ tb.
-                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), vc.at.add((xi * A + xj) * vc.xs + t), L) };
+        in_lanes!(level, 0, nt, |t, V| {
+            // SAFETY: `level`'s set, by the caller; `vc` covers columns t < tb of every ξ
+            // ([`Scatter`]), and t + V::LANES ≤ nt ≤ tb.
+            unsafe {
+                let d: [V; A] = std::array::from_fn(|j| get(cols, (xi * A + j) * tb + t));
+                for xj in 0..A {
+                    combine::<V, A>(&S::T.bt[xj], &d, 0.0).store(vc.at.add((xi * A + xj) * vc.xs + t));
+                }
             }
         });
     }
@@ -802,9 +827,12 @@ fn input_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 /// First half of the output transform of one channel: tiles `t0..t1` of `mk[ξ·xs + t]` through
 /// `y[r1][r2][t] = Σ_ξi Aᵀ[r1][ξi] Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj][t] + bias` (and the ReLU), into
 /// `scratch` at `(r1·M + r2)·(t1 − t0) + t − t0`.
+///
+/// # Safety
+/// As [`input_row_impl`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+unsafe fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     level: Simd,
     mk: &[f32],
     xs: usize,
@@ -815,42 +843,43 @@ fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     scratch: &mut [f32],
 ) {
     let nt = t1 - t0;
-    let (y, q) = scratch.split_at_mut(M * M * nt);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = level;
-    // Always 16 lanes: this pass took 8–29% more samples (relative to gemm's) with 8 on AVX2
-    // (Zen 3, 160×120 and 512×512), unlike the input transform's.
-    in_lanes!(@groups LANES, t0, t1, |t, L| {
-        // Horizontal: q[ξi][r2] = Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj], L tiles at a time.
-        for xi in 0..A {
-            // The A² rows of `mk`, each fetched 32 tiles ahead. With the rows a K·tb-float plane
-            // apart (too many streams for the hardware prefetcher), on a Zen 3 at 512×512 this
-            // pass's samples fell from 0.186–0.190 of gemm's to 0.134–0.148 (16 tiles ahead:
-            // 0.173–0.177; 48: 0.143). With the rows tb floats apart ([`blocks`]) it still pays
-            // there: 3343–3385 samples without, 2235–2423 with (six evaluations, two profiles
-            // each). AVX-512 CPUs go without until measured on one.
-            #[cfg(target_arch = "x86_64")]
-            if level != Simd::Avx512 {
-                for xj in 0..A {
-                    let ahead = mk.as_ptr().wrapping_add((xi * A + xj) * xs + t + 32);
-                    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
-                    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ahead.cast()) };
+    let y = &mut scratch[..M * M * nt];
+    in_lanes!(level, t0, t1, |t, V| {
+        // SAFETY: `level`'s set, by the caller.
+        unsafe {
+            // Horizontal: q[ξi][r2] = Σ_ξj Aᵀ[r2][ξj] m[ξi·A + ξj], a vector of tiles at a time.
+            let mut q = [[V::zero(); M]; A];
+            for xi in 0..A {
+                // The A² rows of `mk`, each fetched 32 tiles ahead. With the rows a K·tb-float
+                // plane apart (too many streams for the hardware prefetcher), on a Zen 3 at
+                // 512×512 this pass's samples fell from 0.186–0.190 of gemm's to 0.134–0.148
+                // (16 tiles ahead: 0.173–0.177; 48: 0.143). With the rows tb floats apart
+                // ([`blocks`]) it still pays there: 3343–3385 samples without, 2235–2423 with
+                // (six evaluations, two profiles each). AVX-512 CPUs go without until measured
+                // on one.
+                #[cfg(target_arch = "x86_64")]
+                if level != Simd::Avx512 {
+                    for xj in 0..A {
+                        let ahead = mk.as_ptr().wrapping_add((xi * A + xj) * xs + t + 32);
+                        // A prefetch is a hint: it never faults, whatever the address.
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ahead.cast());
+                    }
+                }
+                let m: [V; A] = std::array::from_fn(|xj| get(mk, (xi * A + xj) * xs + t));
+                for r2 in 0..M {
+                    q[xi][r2] = combine::<V, A>(&S::T.at[r2], &m, 0.0);
                 }
             }
-            let m: [[f32; L]; A] = std::array::from_fn(|xj| lanes(mk, (xi * A + xj) * xs + t));
+            // Vertical, with bias and ReLU.
             for r2 in 0..M {
-                q[(xi * M + r2) * L..][..L].copy_from_slice(&combine(&S::T.at[r2], &m, 0.0));
-            }
-        }
-        // Vertical, with bias and ReLU.
-        for r2 in 0..M {
-            let c: [[f32; L]; A] = std::array::from_fn(|xi| lanes(q, (xi * M + r2) * L));
-            for r1 in 0..M {
-                let mut acc = combine(&S::T.at[r1], &c, bias);
-                if relu {
-                    acc = acc.map(|v| v.max(0.0));
+                let c: [V; A] = std::array::from_fn(|xi| q[xi][r2]);
+                for r1 in 0..M {
+                    let mut acc = combine::<V, A>(&S::T.at[r1], &c, bias);
+                    if relu {
+                        acc = acc.max(V::zero());
+                    }
+                    put(acc, y, (r1 * M + r2) * nt + t - t0);
                 }
-                y[(r1 * M + r2) * nt + t - t0..][..L].copy_from_slice(&acc);
             }
         }
     });
@@ -859,9 +888,12 @@ fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
 /// Second half of the output transform: output tile row `ty` of one channel, whose tiles are at
 /// `tr..tr + tw` of [`output_tiles`]' result, its phases `y[r1][r2][tx]` interleaved into
 /// pixel order `M·tx + r2` of image rows `M·ty + r1`.
+///
+/// # Safety
+/// As [`input_row_impl`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn output_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
+unsafe fn output_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     level: Simd,
     scratch: &[f32],
     stride: usize,
@@ -879,25 +911,26 @@ fn output_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
             break;
         }
         let row = &mut yk[y * w..(y + 1) * w];
-        in_lanes!(level, 0, full, |tx, L| {
-            let src: [[f32; L]; M] = std::array::from_fn(|r2| lanes(scratch, (r1 * M + r2) * stride + tr + tx));
-            let dst = &mut row[M * tx..M * (tx + L)];
-            if cfg!(target_arch = "x86_64") && level == Simd::Avx512 && M == 4 && L == 16 {
+        in_lanes!(level, 0, full, |tx, V| {
+            // Phase r2's V::LANES tiles from tile tx.
+            let src: [&[f32]; M] = std::array::from_fn(|r2| &scratch[(r1 * M + r2) * stride + tr + tx..][..V::LANES]);
+            let dst = &mut row[M * tx..M * (tx + V::LANES)];
+            if cfg!(target_arch = "x86_64") && level == Simd::Avx512 && M == 4 && V::LANES == 16 {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `src` is 4 × 16 floats and `dst` 64 (M = 4, L = 16); this code runs
-                // compiled for AVX-512 only (`with_simd`'s `wide`, on a CPU that has it).
+                // SAFETY: four rows of 16 floats and 64 to write (M = 4, 16 lanes); this code
+                // runs compiled for AVX-512 only (`with_simd`'s `wide`, on a CPU that has it).
                 unsafe {
-                    interleave_4x16(src.as_ptr().cast(), dst.as_mut_ptr().cast())
+                    interleave_4x16(std::array::from_fn(|r| src[r].as_ptr()), dst.as_mut_ptr().cast())
                 };
-            } else if cfg!(target_arch = "x86_64") && level == Simd::Avx2 && M == 4 && L == 8 {
+            } else if cfg!(target_arch = "x86_64") && level == Simd::Avx2 && M == 4 && V::LANES == 8 {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `src` is 4 × 8 floats and `dst` 32 (M = 4, L = 8); this code runs
+                // SAFETY: four rows of 8 floats and 32 to write (M = 4, 8 lanes); this code runs
                 // compiled for AVX2 only (`with_simd`'s `narrow`, on a CPU that has it).
                 unsafe {
-                    interleave_4x8(src.as_ptr().cast(), dst.as_mut_ptr().cast())
+                    interleave_4x8(std::array::from_fn(|r| src[r].as_ptr()), dst.as_mut_ptr().cast())
                 };
             } else {
-                for l in 0..L {
+                for l in 0..V::LANES {
                     for r2 in 0..M {
                         dst[l * M + r2].write(src[r2][l]);
                     }
@@ -910,18 +943,19 @@ fn output_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     }
 }
 
-/// `dst[4·l + r] = src[16·r + l]` for r < 4, l < 16: four rows of 16 phases into 64 pixels
+/// `dst[4·l + r] = src[r][l]` for r < 4, l < 16: four rows of 16 phases into 64 pixels
 /// (LLVM writes the portable loop as 64 scalar moves).
 ///
 /// # Safety
-/// `src` must be readable for 64 floats, `dst` writable for 64, and the CPU must have AVX-512F.
+/// Each `src[r]` must be readable for 16 floats, `dst` writable for 64, and the CPU must have
+/// AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn interleave_4x16(src: *const f32, dst: *mut f32) {
+unsafe fn interleave_4x16(src: [*const f32; 4], dst: *mut f32) {
     use std::arch::x86_64::*;
-    // SAFETY: the caller's guarantees; every access is within the 64 floats of each side.
+    // SAFETY: the caller's guarantees; every access is within the floats of each side.
     unsafe {
-        let [a, b, c, d] = [0, 16, 32, 48].map(|o| _mm512_loadu_ps(src.add(o)));
+        let [a, b, c, d] = src.map(|p| _mm512_loadu_ps(p));
         let (ab_lo, ab_hi) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
         let (cd_lo, cd_hi) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
         let pairs = |x: __m512, y: __m512, hi: bool| {
@@ -943,20 +977,21 @@ unsafe fn interleave_4x16(src: *const f32, dst: *mut f32) {
     }
 }
 
-/// `dst[4·l + r] = src[8·r + l]` for r < 4, l < 8: four rows of 8 phases into 32 pixels, AVX2's
+/// `dst[4·l + r] = src[r][l]` for r < 4, l < 8: four rows of 8 phases into 32 pixels, AVX2's
 /// [`interleave_4x16`]. The portable loop was 32 scalar loads and stores: [`output_row`] took
 /// 3.0% of a profile at 512×512 on a Zen 3 (`perf record`, 6 evaluations), see
 /// docs/performance.md for what this took.
 ///
 /// # Safety
-/// `src` must be readable for 32 floats, `dst` writable for 32, and the CPU must have AVX.
+/// Each `src[r]` must be readable for 8 floats, `dst` writable for 32, and the CPU must have
+/// AVX.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn interleave_4x8(src: *const f32, dst: *mut f32) {
+unsafe fn interleave_4x8(src: [*const f32; 4], dst: *mut f32) {
     use std::arch::x86_64::*;
-    // SAFETY: the caller's guarantees; every access is within the 32 floats of each side.
+    // SAFETY: the caller's guarantees; every access is within the floats of each side.
     unsafe {
-        let [a, b, c, d] = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(src.add(o)));
+        let [a, b, c, d] = src.map(|p| _mm256_loadu_ps(p));
         // Within each 128-bit half (tiles 0–3, 4–7): the (a, b) and (c, d) pairs of its first two
         // tiles (lo) and last two (hi).
         let (ab_lo, ab_hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
