@@ -1,5 +1,5 @@
-//! The Winograd products `M_ξ (K × T) = U_ξ (K × C) · V_ξ (C × T)` on AVX-512 or AVX2+FMA for
-//! images of few tiles, reading both operands where they lie.
+//! The Winograd products `M_ξ (K × T) = U_ξ (K × C) · V_ξ (C × T)` on AVX-512 (every image) or
+//! AVX2+FMA (images of few tiles), reading both operands where they lie.
 //!
 //! `gemm` packs both operands into panels of its own at every call, and its kernels work on 64
 //! (AVX-512) or 16 (AVX2) tiles at a time, the rest in narrower kernels with idle lanes. For the
@@ -11,8 +11,8 @@
 //! sequential streams, prefetched a few lines ahead); `V_ξ` is read as the input transform
 //! wrote it, `[c][t]`, one vector of tiles at a time, a few rows ahead prefetched; the register
 //! block's shape follows the tile count. The caller ([`crate::winograd`]) uses this for images
-//! of fewer tiles than [`Blocking::BELOW`] of the instruction set: from there on, gemm was as
-//! fast or faster.
+//! of fewer tiles than [`Blocking::BELOW`] of the instruction set (on AVX2 gemm was as fast or
+//! faster from there on; on AVX-512 this was faster at every size measured).
 //!
 //! A register block is R vectors of tiles × N output channels (at most [`Blocking::ACC`]
 //! accumulators), the sum over all C input channels in one pass: `acc ← fma(v, u, acc)` from
@@ -127,11 +127,13 @@ trait Blocking: Vector {
 #[cfg(target_arch = "x86_64")]
 impl Blocking for Zmm {
     const ACC: usize = 24;
-    /// Measured on the project's Xeon (`runner bench --size 160 --height 120`, three rounds
-    /// alternating): per evaluation 0.157–0.169 s with gemm throughout, 0.139–0.150 s in place
-    /// below 64 tiles (conv4: 20 tiles, conv5: 6), 0.145–0.150 s below 1200 (every layer at that
-    /// size); at 512×512 in place throughout was 0–5% slower (its layers have 64 tiles and more).
-    const BELOW: usize = 64;
+    /// Every size: measured on the project's Xeon (2026-12-01), within one `runner bench`
+    /// process, evaluations alternating between gemm from 64 tiles on and in place throughout
+    /// (means of 20 / 10 / 4 evaluations per side, two processes per size), the products' time
+    /// per evaluation: 160×120 51.2 → 48.8 and 54.7 → 49.7 ms, 256×256 111 → 107 and 106 →
+    /// 105 ms, 512×512 433 → 420 and 405 → 404 ms. (Before 2026-12-01: from 64 tiles on gemm,
+    /// then as fast as this or faster; since then a block's next rows are prefetched.)
+    const BELOW: usize = usize::MAX;
     /// 4 vectors (64 tiles) × 6 channels, then 1 × 16, 2 × 12, 3 × 8.
     const GROUP: (usize, usize) = (4, 6);
     const REST: &'static [usize] = &[16, 12, 8];

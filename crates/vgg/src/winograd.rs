@@ -5,7 +5,7 @@
 //! `V = Bᵀ d B`, the kernel to `U = G g Gᵀ`, and `Y = Aᵀ (Σ_c U ⊙ V) A`. The sum over input
 //! channels is, for each of the a² transform positions ξ, one matrix product
 //! `M_ξ (K × T) = U_ξ (K × C) · V_ξ (C × T)` over the T tiles, done by the `gemm` crate, or in
-//! place ([`crate::products`]) for images of few tiles on AVX-512 and AVX2.
+//! place ([`crate::products`]) on AVX-512 and, for images of few tiles, on AVX2.
 //! F(4×4, 3×3) needs 36 multiplications per 16 outputs where the direct convolution needs 144.
 //!
 //! Work is done in blocks of whole tile rows so that the transformed input and output of a block
