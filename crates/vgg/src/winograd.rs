@@ -860,15 +860,15 @@ unsafe fn output_tiles_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
                 // 512×512 this pass's samples fell from 0.186–0.190 of gemm's to 0.134–0.148
                 // (16 tiles ahead: 0.173–0.177; 48: 0.143). With the rows tb floats apart
                 // ([`blocks`]) it still pays there: 3343–3385 samples without, 2235–2423 with
-                // (six evaluations, two profiles each). AVX-512 CPUs go without until measured
-                // on one.
+                // (six evaluations, two profiles each); and on the project's AVX-512 Xeon
+                // (2026-12-01, evaluations alternating with and without in one process, this
+                // pass per evaluation): 160×120 6.9 → 6.4 and 7.6 → 7.0 ms, 512×512 160 → 139
+                // and 147 → 128 ms.
                 #[cfg(target_arch = "x86_64")]
-                if level != Simd::Avx512 {
-                    for xj in 0..A {
-                        let ahead = mk.as_ptr().wrapping_add((xi * A + xj) * xs + t + 32);
-                        // A prefetch is a hint: it never faults, whatever the address.
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ahead.cast());
-                    }
+                for xj in 0..A {
+                    let ahead = mk.as_ptr().wrapping_add((xi * A + xj) * xs + t + 32);
+                    // A prefetch is a hint: it never faults, whatever the address.
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ahead.cast());
                 }
                 let m: [V; A] = std::array::from_fn(|xj| get(mk, (xi * A + xj) * xs + t));
                 for r2 in 0..M {
