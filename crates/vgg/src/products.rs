@@ -109,8 +109,8 @@ pub(crate) unsafe fn product(level: Simd, o: Operands, nt: usize) {
     unreachable!("in-place products on {level:?}")
 }
 
-/// How the blocks use one set's vector ([`Vector`]); every method is inlined into a function
-/// compiled for the set ([`product`]), whose caller guarantees the CPU has it.
+/// The register blocks' shapes and reach for one set's vector ([`Vector`], whose operations
+/// are inlined into a function compiled for the set: [`product`]).
 #[cfg(target_arch = "x86_64")]
 trait Blocking: Vector {
     /// Accumulators a register block may hold: 24 of AVX-512's 32 registers, 12 of AVX2's 16
