@@ -771,21 +771,22 @@ unsafe fn input_row_impl<const M: usize, const A: usize, S: TableSet<M, A>>(
     }
     for xi in 0..A {
         let rr = &r[xi * len..(xi + 1) * len];
-        // The A columns' rows from the block's first tile of this row (t0 + tw ≤ tb).
         #[cfg(target_arch = "x86_64")]
-        let done = if level != Simd::Baseline && M == 4 && A == 6 {
+        let done = {
+            // The A columns' rows from the block's first tile of this row (t0 + tw ≤ tb).
             let dst = &mut cols[xi * A * tb + t0..(xi * A + A - 1) * tb + t0 + tw];
-            // SAFETY: this code runs compiled for AVX2 or AVX-512 (`with_simd`'s `narrow` or
-            // `wide`, on a CPU that has it; `wide` enables AVX2 too); the bounds are checked
-            // inside.
-            unsafe { tile_columns_avx2(rr, dst, tb, tw) }
-        } else if level == Simd::Avx512 && M == 2 && A == 4 {
-            let dst = &mut cols[xi * A * tb + t0..(xi * A + A - 1) * tb + t0 + tw];
-            // SAFETY: this code runs compiled for AVX-512 (`with_simd`'s `wide`, on a CPU that
-            // has it); the bounds are checked inside.
-            unsafe { tile_columns_f23_avx512(rr, dst, tb, tw) }
-        } else {
-            0
+            if level != Simd::Baseline && M == 4 && A == 6 {
+                // SAFETY: this code runs compiled for AVX2 or AVX-512 (`with_simd`'s `narrow` or
+                // `wide`, on a CPU that has it; `wide` enables AVX2 too); the bounds are checked
+                // inside.
+                unsafe { tile_columns_avx2(rr, dst, tb, tw) }
+            } else if level == Simd::Avx512 && M == 2 && A == 4 {
+                // SAFETY: this code runs compiled for AVX-512 (`with_simd`'s `wide`, on a CPU
+                // that has it); the bounds are checked inside.
+                unsafe { tile_columns_f23_avx512(rr, dst, tb, tw) }
+            } else {
+                0
+            }
         };
         #[cfg(not(target_arch = "x86_64"))]
         let done = 0;
