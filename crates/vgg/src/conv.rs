@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
 use crate::cpu::simd;
 use crate::kernel_cache::{self, Floats, KernelCache, KernelKey};
+use crate::products::KernelLayout;
 use crate::tape::{with_f32, BitMask};
 use crate::winograd::{self, Epilogue, Kernel, Variant};
 use crate::{Error, Result};
@@ -151,14 +152,17 @@ impl Conv3x3 {
         } else {
             (self.out_channels(), self.in_channels())
         };
+        // In the layout the products of this process's instruction set read.
+        let layout = KernelLayout::of(simd());
         // The weights where they lie: a copy per kernel was about 100 MB of fresh memory per run.
         let u = with_f32(&self.weight, |w| {
-            let build = || winograd::transform(v, w, k, c, backward);
+            let build = || winograd::transform(v, layout, w, k, c, backward);
             match &self.kernel_cache {
                 Some(cache) => {
                     let key = KernelKey {
                         tile: v.tile(),
                         input_grad: backward,
+                        layout,
                         k,
                         c,
                         len: v.floats(k, c),
@@ -169,7 +173,7 @@ impl Conv3x3 {
                 None => Floats::Owned(build()),
             }
         })?;
-        Ok(cell.get_or_init(|| Arc::new(Kernel::new(u, k, c, v))).clone())
+        Ok(cell.get_or_init(|| Arc::new(Kernel::new(u, k, c, v, layout))).clone())
     }
 
     /// Bytes of Winograd-domain kernels built so far.

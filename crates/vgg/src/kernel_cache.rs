@@ -11,8 +11,8 @@
 //! the same file also share its pages (a sweep of several processes on one machine).
 //!
 //! A file is one kernel: a 64-byte header (magic and format version, the tile size, whether it
-//! is the input gradient's kernel, the channel counts, the float count, a hash of the layer's
-//! weights and a hash of the data) and the floats, little-endian. It is written under a
+//! is the input gradient's kernel and its layout, the channel counts, the float count, a hash of
+//! the layer's weights and a hash of the data) and the floats, little-endian. It is written under a
 //! temporary name and renamed, never changed in place, so a mapping in use is never truncated
 //! under its reader. A file whose header or data hash does not match is ignored and rewritten;
 //! a file that cannot be written costs only the time the cache would have saved
@@ -23,6 +23,8 @@ use std::io::Write;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::products::{KernelLayout, PANEL};
 
 /// Magic and format version, the file's first 8 bytes.
 const MAGIC: [u8; 8] = *b"GRSWINO\x01";
@@ -36,6 +38,8 @@ pub(crate) struct KernelKey {
     pub tile: usize,
     /// The input gradient's kernel (transposed and flipped) rather than the forward one.
     pub input_grad: bool,
+    /// How its floats lie (each instruction set's products read one).
+    pub layout: KernelLayout,
     /// Output channels K of the kernel.
     pub k: usize,
     /// Input channels C of the kernel.
@@ -49,21 +53,28 @@ pub(crate) struct KernelKey {
 impl KernelKey {
     fn file_name(&self) -> String {
         let dir = if self.input_grad { "grad" } else { "fwd" };
-        format!("f{}-{dir}-{}x{}-{:016x}.f32", self.tile, self.k, self.c, self.weights)
+        let layout = match self.layout {
+            KernelLayout::Rows => String::new(),
+            KernelLayout::Panels => format!("-p{PANEL}"),
+        };
+        format!("f{}-{dir}{layout}-{}x{}-{:016x}.f32", self.tile, self.k, self.c, self.weights)
+    }
+
+    /// The header's second field: whether it is the input gradient's kernel (bit 0) and the
+    /// width of its panels from bit 8 (0: rows, as every file before panels, which stay valid).
+    fn kind(&self) -> u64 {
+        let panel = match self.layout {
+            KernelLayout::Rows => 0,
+            KernelLayout::Panels => PANEL as u64,
+        };
+        u64::from(self.input_grad) | panel << 8
     }
 
     fn header(&self, data_hash: u64) -> [u8; HEADER] {
         let mut h = [0u8; HEADER];
         h[..8].copy_from_slice(&MAGIC);
-        let fields = [
-            self.tile as u64,
-            u64::from(self.input_grad),
-            self.k as u64,
-            self.c as u64,
-            self.len as u64,
-            self.weights,
-            data_hash,
-        ];
+        let fields =
+            [self.tile as u64, self.kind(), self.k as u64, self.c as u64, self.len as u64, self.weights, data_hash];
         for (i, f) in fields.iter().enumerate() {
             h[8 + 8 * i..16 + 8 * i].copy_from_slice(&f.to_le_bytes());
         }
@@ -314,7 +325,7 @@ mod tests {
     use super::*;
 
     fn key(len: usize, weights: u64) -> KernelKey {
-        KernelKey { tile: 4, input_grad: true, k: 3, c: 5, len, weights }
+        KernelKey { tile: 4, input_grad: true, layout: KernelLayout::Rows, k: 3, c: 5, len, weights }
     }
 
     fn floats(n: usize, seed: u32) -> Vec<f32> {
@@ -357,6 +368,9 @@ mod tests {
         let mut other = good.clone();
         other[8] = 2; // another tile size under this name
         damaged.push(("another header", other));
+        let mut panels = good.clone();
+        panels[17] = PANEL as u8; // the panels' layout under the rows' name
+        damaged.push(("another layout", panels));
         for (what, bytes) in damaged {
             std::fs::write(&path, &bytes).unwrap();
             let cache = KernelCache::new(dir.path());
@@ -370,6 +384,22 @@ mod tests {
             assert_eq!(cache.stats(), CacheStats { loaded: 0, stored: 1, failed: 1 }, "{what}");
             assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: not rewritten");
         }
+    }
+
+    #[test]
+    fn each_layout_has_a_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, panels) = (floats(40, 5), floats(40, 6));
+        let k = key(rows.len(), 9);
+        let kp = KernelKey { layout: KernelLayout::Panels, ..k };
+        let cache = KernelCache::new(dir.path());
+        cache.get_or_build(&k, || rows.clone());
+        cache.get_or_build(&kp, || panels.clone());
+        assert_eq!(cache.stats(), CacheStats { loaded: 0, stored: 2, failed: 0 });
+        let next = KernelCache::new(dir.path());
+        assert_eq!(&next.get_or_build(&k, || panic!("rows transformed again"))[..], &rows[..]);
+        assert_eq!(&next.get_or_build(&kp, || panic!("panels transformed again"))[..], &panels[..]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

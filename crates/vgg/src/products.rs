@@ -18,6 +18,10 @@
 //! accumulators), the sum over all C input channels in one pass: `acc ← fma(v, u, acc)` from
 //! 0, c = 0, 1, …, C − 1. Each tile's sum is its own vector lane, in that order whatever the
 //! block's shape, so a tile gets the same bits wherever its block starts.
+//!
+//! On AVX-512 `U_ξ` lies in panels of [`PANEL`] output channels ([`KernelLayout::Panels`]), so
+//! that a register block reads its weights as one stream, in the order it uses them, rather
+//! than as one stream per output channel ([`KernelLayout::Rows`], which AVX2 and gemm read).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -39,8 +43,66 @@ const AHEAD: usize = 8;
 #[cfg(target_arch = "x86_64")]
 const U_AHEAD: usize = 64;
 
-/// Where one ξ's product reads and writes: `V_ξ` at `v[c·tb + t]`, `U_ξ` at `u[k·C + c]`, `M_ξ`
-/// at `m[k·ms + t]`, for tiles t < tb.
+/// Output channels of a panel of [`KernelLayout::Panels`]: the output channels of AVX-512's
+/// register blocks (4 vectors of tiles × 6 channels, then 18, 12 or 6) are whole panels.
+pub(crate) const PANEL: usize = 6;
+
+/// How a transformed kernel `U_ξ` (K × C, for each ξ) lies in memory; each set's products read
+/// one ([`KernelLayout::of`]), and the kernels are transformed into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KernelLayout {
+    /// Row k holds its C input channels: (k, c) at k·C + c. Read in place on AVX2, and by gemm.
+    Rows,
+    /// Panels of [`PANEL`] output channels: panel b (channels bP … bP + n − 1, where n =
+    /// min(P, K − bP)) lies at bP·C and holds, for each input channel c, its n values: (k, c)
+    /// at bP·C + c·n + (k − bP). Read in place on AVX-512, where a register block's channels
+    /// are whole panels: its weights are one stream (two or three beside each other for the
+    /// wider blocks), read front to back in the order of its multiply-adds, where with
+    /// [`KernelLayout::Rows`] they were one stream per channel, each read a float at a time
+    /// across its cache lines. Measured on the project's Xeon (family 6 model 207, 2026-12-01),
+    /// within one `runner bench` process, evaluations alternating between rows (blocks of
+    /// 1 × 16, 2 × 12 and 3 × 8 channels for the vectors left over) and panels (1 × 18, 2 × 12,
+    /// 3 × 6), both copied into memory of the same kind, the products' time per evaluation:
+    /// 160×120 63.5 → 56.0 and 53.9 → 48.0 ms, 256×256 130 → 123 ms, 384×288 225 → 208 ms,
+    /// 512×512 616 → 544 and 505 → 479 ms. The same sums in the same order, so the same bits:
+    /// a 5-iteration run at 160×120 wrote the same image and losses as before.
+    Panels,
+}
+
+impl KernelLayout {
+    /// The layout the products read on `level`.
+    pub(crate) fn of(level: Simd) -> KernelLayout {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match level {
+                Simd::Avx512 => <Zmm as Blocking>::LAYOUT,
+                Simd::Avx2 => <Ymm as Blocking>::LAYOUT,
+                Simd::Baseline => KernelLayout::Rows,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = level;
+            KernelLayout::Rows
+        }
+    }
+
+    /// Where (k, c) of a K × C kernel lies.
+    pub(crate) fn at(self, k_total: usize, c_total: usize, k: usize, c: usize) -> usize {
+        debug_assert!(k < k_total && c < c_total);
+        match self {
+            KernelLayout::Rows => k * c_total + c,
+            KernelLayout::Panels => {
+                let first = k / PANEL * PANEL;
+                let n = PANEL.min(k_total - first);
+                first * c_total + c * n + (k - first)
+            }
+        }
+    }
+}
+
+/// Where one ξ's product reads and writes: `V_ξ` at `v[c·tb + t]`, `U_ξ` in the
+/// [`KernelLayout`] of the set that reads it, `M_ξ` at `m[k·ms + t]`, for tiles t < tb.
 #[derive(Clone, Copy)]
 pub(crate) struct Operands {
     pub v: *const f32,
@@ -82,8 +144,8 @@ pub(crate) fn in_place(level: Simd, tiles: usize) -> bool {
 /// # Safety
 /// The CPU must have `level`'s instructions ([`Simd::Avx512`]: AVX-512F; [`Simd::Avx2`]: AVX2
 /// and FMA); `level` is not the baseline. `v` must be readable for C rows of `tb` floats, `u`
-/// for K rows of C floats, `m` writable for K rows of `tb` floats `ms` ≥ `tb` apart, and nothing
-/// else may write them meanwhile; `nt ≤ tb`, `tb` a multiple of 16.
+/// for K·C floats in `level`'s [`KernelLayout`], `m` writable for K rows of `tb` floats `ms` ≥
+/// `tb` apart, and nothing else may write them meanwhile; `nt ≤ tb`, `tb` a multiple of 16.
 pub(crate) unsafe fn product(level: Simd, o: Operands, nt: usize) {
     debug_assert!(o.tb.is_multiple_of(16) && nt <= o.tb && o.ms >= o.tb);
     #[cfg(target_arch = "x86_64")]
@@ -113,6 +175,10 @@ pub(crate) unsafe fn product(level: Simd, o: Operands, nt: usize) {
 /// are inlined into a function compiled for the set: [`product`]).
 #[cfg(target_arch = "x86_64")]
 trait Blocking: Vector {
+    /// The layout of `U_ξ` the blocks read ([`KernelLayout::Panels`]: every block's output
+    /// channels, [`Blocking::GROUP`]'s and [`Blocking::REST`]'s, are whole panels but at the
+    /// end of K).
+    const LAYOUT: KernelLayout;
     /// Accumulators a register block may hold: 24 of AVX-512's 32 registers, 12 of AVX2's 16
     /// (the rest hold a row of tiles and the broadcast weight).
     const ACC: usize;
@@ -126,6 +192,7 @@ trait Blocking: Vector {
 
 #[cfg(target_arch = "x86_64")]
 impl Blocking for Zmm {
+    const LAYOUT: KernelLayout = KernelLayout::Panels;
     const ACC: usize = 24;
     /// Every size: measured on the project's Xeon (2026-12-01), within one `runner bench`
     /// process, evaluations alternating between gemm from 64 tiles on and in place throughout
@@ -134,13 +201,14 @@ impl Blocking for Zmm {
     /// 105 ms, 512×512 433 → 420 and 405 → 404 ms. (Before 2026-12-01: from 64 tiles on gemm,
     /// then as fast as this or faster; since then a block's next rows are prefetched.)
     const BELOW: usize = usize::MAX;
-    /// 4 vectors (64 tiles) × 6 channels, then 1 × 16, 2 × 12, 3 × 8.
+    /// 4 vectors (64 tiles) × 6 channels, then 1 × 18, 2 × 12, 3 × 6: whole panels.
     const GROUP: (usize, usize) = (4, 6);
-    const REST: &'static [usize] = &[16, 12, 8];
+    const REST: &'static [usize] = &[18, 12, 6];
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Blocking for Ymm {
+    const LAYOUT: KernelLayout = KernelLayout::Rows;
     const ACC: usize = 12;
     /// Measured on a Zen 3 (2 threads, the 36 products of one block, the two paths alternating,
     /// best of 15 each, in place / gemm): 512 → 512 channels on 6 tiles 0.71–0.86, on 20 tiles
@@ -167,6 +235,15 @@ unsafe fn blocks<V: Blocking>(o: Operands, nt: usize) {
     // `shapes!` below has blocks for groups of up to 4 vectors, and a rest width for each
     // count of vectors a group can leave over: a set outside that would skip tiles silently.
     const { assert!(V::GROUP.0 >= 1 && V::GROUP.0 <= 4 && V::REST.len() + 1 == V::GROUP.0) };
+    // Panels hold PANEL channels: a block of another width would start inside one.
+    const {
+        let mut i = 0;
+        while i < V::REST.len() {
+            assert!(!matches!(V::LAYOUT, KernelLayout::Panels) || V::REST[i] % PANEL == 0);
+            i += 1;
+        }
+        assert!(!matches!(V::LAYOUT, KernelLayout::Panels) || V::GROUP.1 % PANEL == 0);
+    };
     let vectors = nt.div_ceil(V::LANES);
     let (group, _) = V::GROUP;
     let (whole, rest) = (vectors / group * group, vectors % group);
@@ -208,7 +285,7 @@ unsafe fn by_channels<V: Blocking, const R: usize>(o: Operands, t0: usize, t1: u
 }
 
 /// One register block of R vectors of tiles from `t0` and `n` ≤ ACC / R output channels from
-/// `k0` (a block for each width, so that the accumulators are registers).
+/// `k0` (a block for each width, so that the accumulators are registers), in the set's layout.
 ///
 /// # Safety
 /// As [`by_channels`], with `k0 + n ≤ K`.
@@ -224,17 +301,100 @@ unsafe fn channels<V: Blocking, const R: usize>(o: Operands, t0: usize, k0: usiz
             }
         };
     }
-    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    widths!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18)
 }
 
 /// The register block: `acc[j][r]` for channel k0 + j and tiles t0 + LANES·r and the LANES
-/// after.
+/// after, read from `U_ξ` in the set's layout.
 ///
 /// # Safety
 /// As [`channels`], where the CPU's `V` is enabled.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn block<V: Blocking, const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize) {
+    // SAFETY: the caller's.
+    unsafe {
+        match V::LAYOUT {
+            KernelLayout::Rows => block_rows::<V, R, N>(o, t0, k0),
+            KernelLayout::Panels => block_panels::<V, R, N>(o, t0, k0),
+        }
+    }
+}
+
+/// Panels a register block reads at most (N ≤ 24 channels).
+#[cfg(target_arch = "x86_64")]
+const BLOCK_PANELS: usize = 4;
+
+/// Input channels of a panel prefetched ahead of the one in use (4 to 24 cache lines, by the
+/// panel's width): the distance of the measurement of [`KernelLayout::Panels`], not tuned.
+#[cfg(target_arch = "x86_64")]
+const PANEL_AHEAD: usize = 64;
+
+/// [`block`] on [`KernelLayout::Panels`]: channels k0 … k0 + N − 1 are the panels from k0 (k0 a
+/// multiple of [`PANEL`]; panel i holds min(P, N − iP) of them, as the kernel's own panels do:
+/// N is a whole number of panels, or reaches K), each read as one stream, a channel's values
+/// after the other's.
+///
+/// # Safety
+/// As [`block`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_panels<V: Blocking, const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize) {
+    const { assert!(N <= BLOCK_PANELS * PANEL) };
+    let panels = N.div_ceil(PANEL);
+    let width = |i: usize| PANEL.min(N - i * PANEL);
+    debug_assert!(k0.is_multiple_of(PANEL) && k0 + N <= o.k);
+    // SAFETY: panel i of the block is the kernel's panel at (k0 + iP)·C, C·width(i) floats
+    // inside `u` (k0 + N ≤ K); every other address read or written is inside the operands by
+    // the caller's bounds; prefetches past them are hints that do not fault.
+    unsafe {
+        let mut acc = [[V::zero(); R]; N];
+        let mut u = [o.u; BLOCK_PANELS];
+        for (i, u) in u.iter_mut().enumerate().take(panels) {
+            *u = o.u.add((k0 + i * PANEL) * o.c);
+        }
+        let mut v = o.v.add(t0);
+        for _ in 0..o.c {
+            for (i, u) in u.iter().enumerate().take(panels) {
+                _mm_prefetch::<_MM_HINT_T0>(u.wrapping_add(PANEL_AHEAD * width(i)).cast());
+            }
+            for r in (0..R).step_by(16 / V::LANES) {
+                _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(AHEAD * o.tb + V::LANES * r).cast());
+            }
+            let x: [V; R] = std::array::from_fn(|r| V::load(v.add(V::LANES * r)));
+            // Panel by panel, so that LLVM unrolls both loops whole and the accumulators stay
+            // registers (with the panel of each channel computed, j / PANEL, it kept the 18 of
+            // a 1 × 18 block on the stack).
+            for (i, p) in u.iter().enumerate().take(panels) {
+                for jj in 0..width(i) {
+                    let w = V::splat(*p.add(jj));
+                    let acc = &mut acc[i * PANEL + jj];
+                    for r in 0..R {
+                        acc[r] = V::fma(x[r], w, acc[r]);
+                    }
+                }
+            }
+            for (i, u) in u.iter_mut().enumerate().take(panels) {
+                *u = u.add(width(i));
+            }
+            v = v.add(o.tb);
+        }
+        let m = o.m.add(k0 * o.ms + t0);
+        for (j, acc) in acc.iter().enumerate() {
+            for (r, a) in acc.iter().enumerate() {
+                a.store(m.add(j * o.ms + V::LANES * r));
+            }
+        }
+    }
+}
+
+/// [`block`] on [`KernelLayout::Rows`].
+///
+/// # Safety
+/// As [`block`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_rows<V: Blocking, const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize) {
     // SAFETY: every address read or written is inside the operands by the caller's bounds;
     // prefetches past them are hints that do not fault.
     unsafe {

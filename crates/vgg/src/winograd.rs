@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{simd, Simd};
 use crate::kernel_cache::Floats;
-use crate::products::{self, Operands};
+use crate::products::{self, KernelLayout, Operands};
 use crate::tape::Bits;
 use crate::vector::{Portable, Vector};
 #[cfg(target_arch = "x86_64")]
@@ -91,20 +91,22 @@ impl TableSet<4, 6> for W43 {
     const T: Tables<4, 6> = F43;
 }
 
-/// A convolution's kernel in the Winograd domain: `u[ξ][k][c]` for `K` outputs, `C` inputs.
+/// A convolution's kernel in the Winograd domain: `U_ξ` (`K` outputs × `C` inputs) after `U_ξ'`
+/// for ξ' < ξ, each in `layout`.
 pub(crate) struct Kernel {
     u: Floats,
     k: usize,
     c: usize,
     variant: Variant,
+    layout: KernelLayout,
 }
 
 impl Kernel {
-    /// The kernel of `variant` for `k` outputs and `c` inputs whose floats are `u`
+    /// The kernel of `variant` for `k` outputs and `c` inputs whose floats are `u` in `layout`
     /// ([`transform`]'s, or a cache file's).
-    pub(crate) fn new(u: Floats, k: usize, c: usize, variant: Variant) -> Self {
+    pub(crate) fn new(u: Floats, k: usize, c: usize, variant: Variant, layout: KernelLayout) -> Self {
         assert_eq!(u.len(), variant.floats(k, c), "transformed kernel size");
-        Self { u, k, c, variant }
+        Self { u, k, c, variant, layout }
     }
 
     /// Bytes held.
@@ -168,25 +170,41 @@ impl Variant {
 /// F(4×4) tiles per image below which [`Variant::fast`] takes F(2×2, 3×3) on AVX-512.
 const FEW_TILES: usize = 64;
 
-/// [`transform`]'s floats as a [`Kernel`], for the tests (the convolutions call [`transform`]
-/// themselves, through their kernel cache when they have one).
+/// [`transform`]'s floats as a [`Kernel`] for the convolutions on `level`, for the tests (the
+/// convolutions call [`transform`] themselves, through their kernel cache when they have one).
 #[cfg(test)]
-pub(crate) fn transform_kernel(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Kernel {
-    Kernel::new(Floats::Owned(transform(variant, w, k_out, c_in, transpose_flip)), k_out, c_in, variant)
+pub(crate) fn transform_kernel(
+    level: Simd,
+    variant: Variant,
+    w: &[f32],
+    k_out: usize,
+    c_in: usize,
+    transpose_flip: bool,
+) -> Kernel {
+    let layout = KernelLayout::of(level);
+    Kernel::new(Floats::Owned(transform(variant, layout, w, k_out, c_in, transpose_flip)), k_out, c_in, variant, layout)
 }
 
 /// Transforms weights `w[k][c][3][3]` (`transpose_flip`: use `w[c][k][2-i][2-j]` instead, the
 /// kernel of the input gradient, with `k` and `c` meaning the gradient conv's out/in channels)
-/// into the Winograd domain, `u[ξ][k][c]`.
-pub(crate) fn transform(variant: Variant, w: &[f32], k_out: usize, c_in: usize, transpose_flip: bool) -> Vec<f32> {
+/// into the Winograd domain: `U_ξ` (K × C in `layout`) after `U_ξ'` for ξ' < ξ.
+pub(crate) fn transform(
+    variant: Variant,
+    layout: KernelLayout,
+    w: &[f32],
+    k_out: usize,
+    c_in: usize,
+    transpose_flip: bool,
+) -> Vec<f32> {
     match variant {
-        Variant::F23 => transform_kernel_t(&F23, w, k_out, c_in, transpose_flip),
-        Variant::F43 => transform_kernel_t(&F43, w, k_out, c_in, transpose_flip),
+        Variant::F23 => transform_kernel_t(&F23, layout, w, k_out, c_in, transpose_flip),
+        Variant::F43 => transform_kernel_t(&F43, layout, w, k_out, c_in, transpose_flip),
     }
 }
 
 fn transform_kernel_t<const M: usize, const A: usize>(
     t: &Tables<M, A>,
+    layout: KernelLayout,
     w: &[f32],
     k_out: usize,
     c_in: usize,
@@ -233,10 +251,24 @@ fn transform_kernel_t<const M: usize, const A: usize>(
                     for dc in 0..n {
                         row[dc] = (ti[0][dc] * gx[0] + ti[1][dc] * gx[1] + ti[2][dc] * gx[2]) as f32;
                     }
-                    let at = (xi * A + xj) * plane + k * c_in + c0;
-                    // SAFETY: row k of every ξ-plane, u[ξ·K·C + k·C ..][..C], is written by this
-                    // k alone; `u` outlives the parallel loop.
-                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), up.ptr().add(at), n) };
+                    let plane_at = (xi * A + xj) * plane;
+                    // SAFETY: the values of output channel k in every ξ-plane (in either layout,
+                    // at `layout.at(K, C, k, c)` < K·C) are written by this k alone; `u`
+                    // outlives the parallel loop.
+                    unsafe {
+                        match layout {
+                            KernelLayout::Rows => std::ptr::copy_nonoverlapping(
+                                row.as_ptr(),
+                                up.ptr().add(plane_at + layout.at(k_out, c_in, k, c0)),
+                                n,
+                            ),
+                            KernelLayout::Panels => {
+                                for (dc, &x) in row[..n].iter().enumerate() {
+                                    *up.ptr().add(plane_at + layout.at(k_out, c_in, k, c0 + dc)) = x;
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -306,6 +338,7 @@ fn conv_with(
     epi: Epilogue<'_>,
 ) -> Vec<f32> {
     let (n, h, w) = dims;
+    assert_eq!(kernel.layout, KernelLayout::of(level), "a kernel transformed for another instruction set");
     let len = [n, kernel.k, h, w].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).expect("output size overflows");
     let mut out = Vec::with_capacity(len);
     let spare = &mut out.spare_capacity_mut()[..len];
@@ -1193,7 +1226,7 @@ pub(crate) mod tests {
             ] {
                 let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let kern = transform_kernel(variant, &wt, k, c, false);
+                let kern = transform_kernel(simd(), variant, &wt, k, c, false);
                 let out = conv(&kern, &x, None, 1, h, w, Epilogue { bias: None, relu: false });
                 let e = rel_err(&out, &naive(&x, &wt, c, k, h, w));
                 assert!(e < 3e-5, "{variant:?} {c} {k} {h} {w}: {e}");
@@ -1230,9 +1263,10 @@ pub(crate) mod tests {
                 [Simd::Baseline, Simd::Avx2, Simd::Avx512].into_iter().filter(|l| *l <= Simd::detected()).collect();
             assert!(levels.contains(&simd()), "the chosen set {:?} is one this CPU has", simd());
             for variant in [Variant::F23, Variant::F43] {
-                let kern = transform_kernel(variant, &wt, k, c, false);
                 let mut first: Option<Vec<f32>> = None;
                 for &level in &levels {
+                    // Each set's products read the kernel in a layout of their own.
+                    let kern = transform_kernel(level, variant, &wt, k, c, false);
                     let out = conv_with(level, &kern, &x, None, (1, h, w), Epilogue { bias: None, relu: false });
                     let e = rel_err(&out, &want);
                     assert!(e < 3e-5, "{variant:?} {level:?} {w} columns: {e}");
@@ -1248,14 +1282,16 @@ pub(crate) mod tests {
     #[test]
     fn products_in_place_and_by_gemm_are_the_sum_over_channels() {
         // Every register-block shape of the in-place products on each set the CPU has (AVX-512:
-        // 1–3 vectors of 16 tiles and groups of 4; AVX2: 1 vector of 8 and groups of 2; channel
-        // counts whose last block is narrower than the others, or the only one) against a sum
-        // in double precision; gemm's on the same operands, so that it is checked wherever this
-        // runs.
+        // 1–3 vectors of 16 tiles and groups of 4, on panels of 6 channels; AVX2: 1 vector of 8
+        // and groups of 2, on rows; channel counts whose last block is narrower than the others,
+        // or the only one, or whose last panel is) against a sum in double precision, and in
+        // place against the same sum in float32 in the order they promise (c = 0, 1, … from 0,
+        // one fused multiply-add each), bit for bit; gemm's on the same operands, so that it is
+        // checked wherever this runs.
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let sets = [Simd::Avx2, Simd::Avx512].into_iter().filter(|&l| l <= Simd::detected());
         let paths: Vec<Option<Simd>> = std::iter::once(None).chain(sets.map(Some)).collect();
-        for (c, k) in [(5, 3), (37, 13), (16, 40), (64, 25)] {
+        for (c, k) in [(5, 3), (37, 13), (16, 40), (64, 25), (3, 64), (9, 20)] {
             for nt in [1usize, 6, 8, 9, 16, 20, 33, 48, 64, 70, 130, 200] {
                 let tb = nt.next_multiple_of(16);
                 // Columns past nt hold values too: they are computed and must not be read.
@@ -1265,8 +1301,14 @@ pub(crate) mod tests {
                 // lies between them must stay untouched.
                 let ms = 3 * tb;
                 for &path in &paths {
+                    // `u` row by row; each path reads it in its set's layout.
+                    let layout = KernelLayout::of(path.unwrap_or(Simd::Baseline));
+                    let mut laid = vec![f32::NAN; k * c];
+                    for (j, i) in (0..k).flat_map(|j| (0..c).map(move |i| (j, i))) {
+                        laid[layout.at(k, c, j, i)] = u[j * c + i];
+                    }
                     let mut m = vec![f32::NAN; k * ms];
-                    let o = Operands { v: v.as_ptr(), u: u.as_ptr(), m: m.as_mut_ptr(), c, k, tb, ms };
+                    let o = Operands { v: v.as_ptr(), u: laid.as_ptr(), m: m.as_mut_ptr(), c, k, tb, ms };
                     product(path.unwrap_or(Simd::Baseline), path.is_some(), o, nt);
                     for j in 0..k {
                         let gap = &m[j * ms + tb..(j + 1) * ms];
@@ -1281,7 +1323,39 @@ pub(crate) mod tests {
                                 (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
                                 "in place {path:?}, C {c}, K {k}, {nt} tiles: M[{j}][{t}] = {got}, want {want}"
                             );
+                            if path.is_some() {
+                                let order = (0..c).fold(0f32, |acc, i| v[i * tb + t].mul_add(u[j * c + i], acc));
+                                assert_eq!(
+                                    got.to_bits(),
+                                    order.to_bits(),
+                                    "in place {path:?}, C {c}, K {k}, {nt} tiles: M[{j}][{t}] = {got}, in order {order}"
+                                );
+                            }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn panels_hold_the_values_of_the_rows() {
+        // 20 outputs: three panels of 6 and one of 2; 70 inputs: the transform's chunks of 64
+        // input channels and a rest; both variants and the input gradient's kernel.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (k, c) = (20, 70);
+        let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for variant in [Variant::F23, Variant::F43] {
+            for flip in [false, true] {
+                let (ko, ci) = if flip { (c, k) } else { (k, c) };
+                let rows = transform(variant, KernelLayout::Rows, &wt, ko, ci, flip);
+                let panels = transform(variant, KernelLayout::Panels, &wt, ko, ci, flip);
+                let plane = ko * ci;
+                for xi in 0..rows.len() / plane {
+                    for (j, i) in (0..ko).flat_map(|j| (0..ci).map(move |i| (j, i))) {
+                        let (r, p) =
+                            (rows[xi * plane + j * ci + i], panels[xi * plane + KernelLayout::Panels.at(ko, ci, j, i)]);
+                        assert_eq!(r.to_bits(), p.to_bits(), "{variant:?} flip {flip} ξ {xi} k {j} c {i}");
                     }
                 }
             }
@@ -1299,7 +1373,7 @@ pub(crate) mod tests {
             let wt: Vec<f32> = (0..k * c * 9).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bias: Vec<f32> = (0..k).map(|i| i as f32 * 0.3 - 0.5).collect();
             for variant in [Variant::F23, Variant::F43] {
-                let kern = transform_kernel(variant, &wt, k, c, false);
+                let kern = transform_kernel(simd(), variant, &wt, k, c, false);
                 let epi = Epilogue { bias: Some(&bias), relu: true };
                 let mask = crate::tape::BitMask::positive(
                     &candle_core::Tensor::from_vec(m.clone(), (1, c, h, w), &candle_core::Device::Cpu).unwrap(),
@@ -1315,7 +1389,7 @@ pub(crate) mod tests {
                 assert!(rel_err(&out, &want) < 1e-5);
                 // The transposed-flipped kernel computes the input gradient: <conv(x), g> = <x, conv'(g)>
                 let g: Vec<f32> = (0..k * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
-                let kt = transform_kernel(variant, &wt, c, k, true);
+                let kt = transform_kernel(simd(), variant, &wt, c, k, true);
                 let gx = conv(&kt, &g, None, 1, h, w, Epilogue { bias: None, relu: false });
                 let y = naive(&x, &wt, c, k, h, w);
                 let lhs: f64 = y.iter().zip(&g).map(|(a, b)| a * *b as f64).sum();
@@ -1342,7 +1416,7 @@ pub(crate) mod tests {
             )
             .unwrap();
             for variant in [Variant::F23, Variant::F43] {
-                let kern = transform_kernel(variant, &wt, k, c, false);
+                let kern = transform_kernel(simd(), variant, &wt, k, c, false);
                 let epi = Epilogue { bias: Some(&bias), relu: true };
                 let all = conv(&kern, &x, Some(mask.bits()), n, h, w, epi);
                 for b in 0..n {
