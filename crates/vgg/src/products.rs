@@ -119,14 +119,18 @@ pub(crate) struct Operands {
 }
 
 /// Whether images of `tiles` tiles have their products done here on `level` rather than by
-/// gemm: below [`Blocking::BELOW`] of the set, never on the baseline. Decided per image size,
-/// never by the batch, so that a batch's images are computed as alone.
+/// gemm: below [`Blocking::BELOW`] of the set, and always where the set's kernels lie in
+/// panels (gemm reads rows); never on the baseline. Decided per image size, never by the
+/// batch, so that a batch's images are computed as alone.
 pub(crate) fn in_place(level: Simd, tiles: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
+        fn here<V: Blocking>(tiles: usize) -> bool {
+            tiles < V::BELOW || V::LAYOUT == KernelLayout::Panels
+        }
         match level {
-            Simd::Avx512 => tiles < <Zmm as Blocking>::BELOW,
-            Simd::Avx2 => tiles < <Ymm as Blocking>::BELOW,
+            Simd::Avx512 => here::<Zmm>(tiles),
+            Simd::Avx2 => here::<Ymm>(tiles),
             Simd::Baseline => false,
         }
     }
