@@ -362,10 +362,7 @@ unsafe fn block_panels<V: Blocking, const R: usize, const N: usize>(o: Operands,
             for (i, u) in u.iter().enumerate().take(panels) {
                 _mm_prefetch::<_MM_HINT_T0>(u.wrapping_add(PANEL_AHEAD * width(i)).cast());
             }
-            for r in (0..R).step_by(16 / V::LANES) {
-                _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(AHEAD * o.tb + V::LANES * r).cast());
-            }
-            let x: [V; R] = std::array::from_fn(|r| V::load(v.add(V::LANES * r)));
+            let x = tiles::<V, R>(v, o.tb);
             // Panel by panel, so that LLVM unrolls both loops whole and the accumulators stay
             // registers (with the panel of each channel computed, j / PANEL, it kept the 18 of
             // a 1 × 18 block on the stack).
@@ -383,6 +380,37 @@ unsafe fn block_panels<V: Blocking, const R: usize, const N: usize>(o: Operands,
             }
             v = v.add(o.tb);
         }
+        store(o, t0, k0, &acc);
+    }
+}
+
+/// The R vectors of tiles of one row of `V_ξ` from `v` (rows `tb` floats apart), after
+/// prefetching the same tiles [`AHEAD`] rows on.
+///
+/// # Safety
+/// `v` readable for R·LANES floats; the CPU's `V` enabled where this is inlined.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tiles<V: Blocking, const R: usize>(v: *const f32, tb: usize) -> [V; R] {
+    // SAFETY: the caller's bounds; prefetches are hints that do not fault.
+    unsafe {
+        for r in (0..R).step_by(16 / V::LANES) {
+            _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(AHEAD * tb + V::LANES * r).cast());
+        }
+        std::array::from_fn(|r| V::load(v.add(V::LANES * r)))
+    }
+}
+
+/// A register block's sums `acc[j][r]` into `M_ξ`: channel k0 + j, tiles t0 + LANES·r and the
+/// LANES after.
+///
+/// # Safety
+/// As [`block`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store<V: Blocking, const R: usize, const N: usize>(o: Operands, t0: usize, k0: usize, acc: &[[V; R]; N]) {
+    // SAFETY: rows k0 … k0 + N − 1 of `M_ξ` from column t0 + R·LANES ≤ tb, by the caller's bounds.
+    unsafe {
         let m = o.m.add(k0 * o.ms + t0);
         for (j, acc) in acc.iter().enumerate() {
             for (r, a) in acc.iter().enumerate() {
@@ -428,10 +456,7 @@ unsafe fn block_rows<V: Blocking, const R: usize, const N: usize>(o: Operands, t
             }
             let run = (o.c - c).min(16);
             for _ in 0..run {
-                for r in (0..R).step_by(16 / V::LANES) {
-                    _mm_prefetch::<_MM_HINT_T0>(v.wrapping_add(AHEAD * o.tb + V::LANES * r).cast());
-                }
-                let x: [V; R] = std::array::from_fn(|r| V::load(v.add(V::LANES * r)));
+                let x = tiles::<V, R>(v, o.tb);
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let w = V::splat(*u.add(j * o.c));
                     for r in 0..R {
@@ -443,11 +468,6 @@ unsafe fn block_rows<V: Blocking, const R: usize, const N: usize>(o: Operands, t
             }
             c += run;
         }
-        let m = o.m.add(k0 * o.ms + t0);
-        for (j, acc) in acc.iter().enumerate() {
-            for (r, a) in acc.iter().enumerate() {
-                a.store(m.add(j * o.ms + V::LANES * r));
-            }
-        }
+        store(o, t0, k0, &acc);
     }
 }
