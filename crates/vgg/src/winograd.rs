@@ -252,22 +252,11 @@ fn transform_kernel_t<const M: usize, const A: usize>(
                         row[dc] = (ti[0][dc] * gx[0] + ti[1][dc] * gx[1] + ti[2][dc] * gx[2]) as f32;
                     }
                     let plane_at = (xi * A + xj) * plane;
-                    // SAFETY: the values of output channel k in every ξ-plane (in either layout,
-                    // at `layout.at(K, C, k, c)` < K·C) are written by this k alone; `u`
-                    // outlives the parallel loop.
-                    unsafe {
-                        match layout {
-                            KernelLayout::Rows => std::ptr::copy_nonoverlapping(
-                                row.as_ptr(),
-                                up.ptr().add(plane_at + layout.at(k_out, c_in, k, c0)),
-                                n,
-                            ),
-                            KernelLayout::Panels => {
-                                for (dc, &x) in row[..n].iter().enumerate() {
-                                    *up.ptr().add(plane_at + layout.at(k_out, c_in, k, c0 + dc)) = x;
-                                }
-                            }
-                        }
+                    for (dc, &x) in row[..n].iter().enumerate() {
+                        // SAFETY: the values of output channel k in every ξ-plane (in either
+                        // layout, at `layout.at(K, C, k, c)` < K·C) are written by this k
+                        // alone; `u` outlives the parallel loop.
+                        unsafe { *up.ptr().add(plane_at + layout.at(k_out, c_in, k, c0 + dc)) = x };
                     }
                 }
             }
