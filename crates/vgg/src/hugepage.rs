@@ -1,20 +1,40 @@
-//! [`HugePageAlloc`]: the system allocator, with large blocks backed by transparent huge pages.
+//! [`HugePageAlloc`]: the system allocator, with large blocks on transparent huge pages, kept
+//! for reuse under the process's own peak.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
-/// The system allocator, asking the kernel to back each block of 4 MiB or more with
-/// transparent huge pages (`madvise(MADV_HUGEPAGE)` on Linux; elsewhere it is `System`).
+/// The system allocator, with every block of 4 MiB or more mapped on its own, backed by
+/// transparent huge pages (`madvise(MADV_HUGEPAGE)`), and kept when freed for the next request
+/// of its length, never holding more than the most that was in use at once ([`large`]'s rule).
+/// On other systems than Linux it is `System`.
 ///
 /// Why: an evaluation at 512×512 writes about 1.5 GB of fresh buffers (convolution outputs,
-/// gradients, masks); each comes from `mmap` and is faulted in 4 KiB at a time on its first
-/// write: 8–11% of the time went to the page-fault path in a profile on the project's Xeon. A
-/// huge page takes one fault per 2 MiB instead of 512. Nothing is kept or pooled: blocks are
-/// freed as before, so the memory held is the same. The advice is honoured where
-/// `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`; elsewhere it is a
-/// no-op. A binary opts in with `#[global_allocator]`.
+/// gradients, masks); glibc maps each block of 32 MiB or more afresh and unmaps it when freed, so
+/// every evaluation faulted its pages in again, each zeroed by the kernel: 8–11% of the time went
+/// to the page-fault path on the project's Xeon. A huge page takes one fault per 2 MiB instead of
+/// 512; a kept block takes none. Earlier tries kept blocks under a fixed cap and raised the peak
+/// (docs/performance.md); the rule here bounds the blocks mapped by the peak of those in use,
+/// so the peak resident memory stays what it was. [`HugePageAlloc::release`] hands the kept
+/// blocks back (the runner does it before each run). The huge-page advice is honoured where
+/// `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`; elsewhere blocks stay
+/// on small pages. A binary opts in with `#[global_allocator]`.
 pub struct HugePageAlloc;
 
 impl HugePageAlloc {
+    /// Unmaps the large blocks kept for reuse; the bound on what is kept restarts from the bytes
+    /// in use now. Call it where a new phase with other sizes starts (a run), so that one phase's
+    /// peak is not held through the next.
+    pub fn release() {
+        large::release();
+    }
+
+    /// Bytes of large blocks (4 MiB or more) in use and kept for reuse now, through this
+    /// allocator.
+    pub fn large_bytes() -> LargeBytes {
+        let (live, kept, bound) = large::counts();
+        LargeBytes { live, kept, bound }
+    }
+
     /// Makes every thread allocate from one heap (glibc's `mallopt(M_ARENA_MAX, 1)`; a no-op
     /// with other C libraries). Call it first thing in `main`, before other threads start.
     ///
@@ -39,92 +59,544 @@ impl HugePageAlloc {
     }
 }
 
-/// Blocks from this size on are advised (smaller ones rarely span a whole aligned huge page).
-const ADVISE_FROM: usize = 4 << 20;
+/// What [`HugePageAlloc::large_bytes`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LargeBytes {
+    /// In use.
+    pub live: usize,
+    /// Freed and kept for reuse.
+    pub kept: usize,
+    /// The most in use at once since the last [`HugePageAlloc::release`]: `live + kept` never
+    /// exceeds it.
+    pub bound: usize,
+}
 
-// SAFETY: every block comes from `System` with the caller's layout and goes back to it; the
-// advice changes how pages are backed, never their contents or the block's bounds.
+/// Blocks from this size on are mapped by [`large`] (smaller ones rarely span a whole aligned
+/// huge page, and glibc's heap reuses them already).
+const LARGE_FROM: usize = 4 << 20;
+
+/// Whether `layout` is served by [`large`]: Linux, 4 MiB or more, aligned to at most a huge page.
+fn is_large(layout: Layout) -> bool {
+    cfg!(target_os = "linux") && layout.size() >= LARGE_FROM && layout.align() <= large::HUGE
+}
+
+// SAFETY: a large block is a private mapping of its own, page-aligned, at least `size` bytes,
+// handed out to one owner at a time (a kept block is in the list only while nobody owns it);
+// every other block comes from `System` with the caller's layout and goes back to it.
 unsafe impl GlobalAlloc for HugePageAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if is_large(layout) {
+            return large::alloc(layout.size(), false);
+        }
         // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc(layout) };
-        advise(p, layout.size());
-        p
+        unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if is_large(layout) {
+            return large::alloc(layout.size(), true);
+        }
         // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        advise(p, layout.size());
-        p
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if is_large(layout) {
+            // SAFETY: `ptr` came from `large::alloc` with this size (the caller's guarantee that
+            // `layout` is the one it was allocated with) and is not used again.
+            return unsafe { large::free(ptr, layout.size()) };
+        }
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        advise(p, new_size);
-        p
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return std::ptr::null_mut();
+        };
+        if !is_large(layout) && !is_large(new_layout) {
+            // SAFETY: forwarded with the caller's guarantees.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        // A move across the two kinds, or between large blocks: a new block, the bytes copied.
+        // SAFETY: `new_layout` has a non-zero size (the caller's guarantee for `new_size`).
+        let q = unsafe { self.alloc(new_layout) };
+        if !q.is_null() {
+            // SAFETY: both blocks hold at least the bytes copied and are distinct allocations;
+            // the old one is freed with the layout it was allocated with.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, q, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        q
     }
 }
 
-/// Advises the whole 2 MiB pages inside `[p, p + size)` to be huge.
+/// Large blocks: private mappings on transparent huge pages, whose pages are kept after a block
+/// is freed and moved (`mremap`, no copy) into the next blocks, within a bound that keeps the
+/// memory held under the peak the process reached anyway.
+///
+/// The rule: `live` is the bytes of large blocks in use, `kept` those freed and kept, `bound` the
+/// highest `live` since the last [`release`]. A freed block is kept (`live + kept` does not
+/// change). A request maps a fresh range and moves kept pages into it, whole huge pages into its
+/// whole 2 MiB part and a kept run of small pages into the rest, so only what the kept pages do
+/// not cover is faulted in fresh; then the oldest kept pieces are unmapped until
+/// `live + kept ≤ bound` again. So the large blocks mapped never exceed the most that were in use
+/// at once: what a process without keeping held at its peak. An evaluation asks for the same
+/// bytes as the last one, so from the second one on its buffers are written without faulting
+/// fresh pages in (docs/performance.md).
 #[cfg(target_os = "linux")]
-fn advise(p: *mut u8, size: usize) {
-    const HUGE: usize = 2 << 20;
+mod large {
+    use std::ffi::c_void;
+    use std::sync::{Mutex, MutexGuard, PoisonError};
+
+    const PAGE: usize = 4096;
+    /// A transparent huge page of x86-64 and most aarch64 kernels.
+    pub(super) const HUGE: usize = 2 << 20;
+    /// At most this many kept pieces (an evaluation at 1024×1024 frees a few dozen blocks of
+    /// 4 MiB or more between two of its requests, two pieces each); past it the oldest go.
+    const SLOTS: usize = 192;
+
+    /// Pages of a mapping: `addr` and `len` are multiples of [`PAGE`].
+    #[derive(Clone, Copy)]
+    struct Piece {
+        addr: usize,
+        len: usize,
+    }
+
+    impl Piece {
+        const NONE: Piece = Piece { addr: 0, len: 0 };
+
+        /// Whole huge pages: starts on a 2 MiB boundary, a multiple of 2 MiB long.
+        fn is_huge(&self) -> bool {
+            self.addr.is_multiple_of(HUGE) && self.len.is_multiple_of(HUGE)
+        }
+    }
+
+    /// Pieces taken out of the list under the lock, to be moved or unmapped after it.
+    struct Pieces {
+        at: [Piece; SLOTS + 1],
+        n: usize,
+    }
+
+    impl Pieces {
+        const NONE: Pieces = Pieces { at: [Piece::NONE; SLOTS + 1], n: 0 };
+
+        fn push(&mut self, p: Piece) {
+            self.at[self.n] = p;
+            self.n += 1;
+        }
+
+        fn unmap(&self) {
+            for p in &self.at[..self.n] {
+                unmap(p.addr, p.len);
+            }
+        }
+    }
+
+    /// The kept pieces, oldest first, and the byte counts of the rule.
+    struct Kept {
+        pieces: [Piece; SLOTS],
+        n: usize,
+        live: usize,
+        kept: usize,
+        bound: usize,
+    }
+
+    impl Kept {
+        fn remove(&mut self, i: usize) -> Piece {
+            let p = self.pieces[i];
+            self.pieces.copy_within(i + 1..self.n, i);
+            self.n -= 1;
+            self.kept -= p.len;
+            p
+        }
+
+        /// Takes the first `len` bytes of piece `i` (all of it when it is no longer).
+        fn take_front(&mut self, i: usize, len: usize) -> Piece {
+            let p = &mut self.pieces[i];
+            if p.len <= len {
+                return self.remove(i);
+            }
+            let front = Piece { addr: p.addr, len };
+            p.addr += len;
+            p.len -= len;
+            self.kept -= len;
+            front
+        }
+
+        /// Chooses kept pages for a block of `len` bytes, as moves to offsets of the block
+        /// (`Piece::addr` the source, the destination offset the sum of the lengths before):
+        /// huge pieces for its whole 2 MiB part, the smallest that covers it or else the largest
+        /// first; for the rest a run of small pages that covers it. What is left is fresh.
+        fn choose(&mut self, len: usize, moves: &mut Pieces) -> usize {
+            let mut huge_left = len / HUGE * HUGE;
+            let mut moved = 0;
+            while huge_left > 0 {
+                let huge = self.pieces[..self.n].iter().enumerate().filter(|(_, p)| p.is_huge());
+                let best = huge.clone().filter(|(_, p)| p.len >= huge_left).min_by_key(|(_, p)| p.len);
+                let Some((i, _)) = best.or_else(|| huge.max_by_key(|(_, p)| p.len)) else { break };
+                let p = self.take_front(i, huge_left);
+                huge_left -= p.len;
+                moved += p.len;
+                moves.push(p);
+            }
+            let rest = len % HUGE;
+            if huge_left == 0 && rest > 0 {
+                let small = self.pieces[..self.n].iter().enumerate().filter(|(_, p)| !p.is_huge() && p.len >= rest);
+                if let Some((i, _)) = small.min_by_key(|(_, p)| p.len) {
+                    moves.push(self.take_front(i, rest));
+                    moved += rest;
+                }
+            }
+            moved
+        }
+
+        /// Counts a block of `len` bytes as live and moves the oldest kept pieces to `out` until
+        /// the rule holds.
+        fn count_live(&mut self, len: usize, out: &mut Pieces) {
+            self.live += len;
+            self.bound = self.bound.max(self.live);
+            while self.n > 0 && self.live + self.kept > self.bound {
+                out.push(self.remove(0));
+            }
+        }
+
+        /// Keeps a piece of a freed block, the oldest going to `out` when the list is full.
+        fn keep(&mut self, p: Piece, out: &mut Pieces) {
+            if p.len == 0 {
+                return;
+            }
+            if self.n == SLOTS {
+                out.push(self.remove(0));
+            }
+            self.pieces[self.n] = p;
+            self.n += 1;
+            self.kept += p.len;
+        }
+    }
+
+    static KEPT: Mutex<Kept> = Mutex::new(Kept { pieces: [Piece::NONE; SLOTS], n: 0, live: 0, kept: 0, bound: 0 });
+
+    /// The list (no code panics while holding it, so a poisoned lock is still consistent).
+    fn lock() -> MutexGuard<'static, Kept> {
+        KEPT.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A block of at least `size` bytes starting on a 2 MiB boundary, zeroed when `zeroed`, or
+    /// null.
+    pub(super) fn alloc(size: usize, zeroed: bool) -> *mut u8 {
+        let Some(len) = size.checked_next_multiple_of(PAGE) else { return std::ptr::null_mut() };
+        let Some(block) = map(len) else { return std::ptr::null_mut() };
+        let (mut moves, mut out) = (Pieces::NONE, Pieces::NONE);
+        {
+            let mut k = lock();
+            k.choose(len, &mut moves);
+            k.count_live(len, &mut out);
+        }
+        out.unmap();
+        let mut at = block;
+        for (i, p) in moves.at[..moves.n].iter().enumerate() {
+            match move_pages(*p, at) {
+                Moved::Old if zeroed => {
+                    // SAFETY: `[at, at + p.len)` is inside the block just made, owned by nobody
+                    // else.
+                    unsafe { std::ptr::write_bytes(at as *mut u8, 0, p.len) };
+                }
+                Moved::Old | Moved::Fresh => {}
+                Moved::Hole => {
+                    for q in &moves.at[i + 1..moves.n] {
+                        unmap(q.addr, q.len);
+                    }
+                    unmap(block, len);
+                    lock().live -= len;
+                    return std::ptr::null_mut();
+                }
+            }
+            at += p.len;
+        }
+        block as *mut u8
+    }
+
+    /// Returns a block of `size` bytes from [`alloc`] to the list, as its whole huge pages and
+    /// the small pages after them.
+    ///
+    /// # Safety
+    /// `p` came from [`alloc`] with this `size` and is not used again.
+    pub(super) unsafe fn free(p: *mut u8, size: usize) {
+        // `alloc` rounded the same size without overflow.
+        let len = size.next_multiple_of(PAGE);
+        let whole = len / HUGE * HUGE;
+        let mut out = Pieces::NONE;
+        {
+            let mut k = lock();
+            k.live -= len;
+            k.keep(Piece { addr: p as usize, len: whole }, &mut out);
+            k.keep(Piece { addr: p as usize + whole, len: len - whole }, &mut out);
+        }
+        out.unmap();
+    }
+
+    /// Unmaps every kept piece; the bound restarts from the bytes in use now.
+    pub(super) fn release() {
+        let mut out = Pieces::NONE;
+        {
+            let mut k = lock();
+            while k.n > 0 {
+                out.push(k.remove(0));
+            }
+            k.bound = k.live;
+        }
+        out.unmap();
+    }
+
+    /// Bytes of large blocks in use, kept, and the bound.
+    pub(super) fn counts() -> (usize, usize, usize) {
+        let k = lock();
+        (k.live, k.kept, k.bound)
+    }
+
+    const PROT_READ: i32 = 1;
+    const PROT_WRITE: i32 = 2;
+    const MAP_PRIVATE: i32 = 2;
+    const MAP_ANONYMOUS: i32 = 0x20;
+    const MAP_FIXED: i32 = 0x10;
     const MADV_HUGEPAGE: i32 = 14;
+    const MREMAP_MAYMOVE: i32 = 1;
+    const MREMAP_FIXED: i32 = 2;
     extern "C" {
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        fn mmap(addr: *mut c_void, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> *mut c_void;
+        fn munmap(addr: *mut c_void, len: usize) -> i32;
+        fn madvise(addr: *mut c_void, len: usize, advice: i32) -> i32;
+        fn mremap(old: *mut c_void, old_len: usize, new_len: usize, flags: i32, new: *mut c_void) -> *mut c_void;
     }
-    if p.is_null() || size < ADVISE_FROM {
-        return;
+
+    /// A fresh mapping of `len` bytes (a multiple of the page) starting on a huge-page boundary,
+    /// advised to be backed by huge pages.
+    fn map(len: usize) -> Option<usize> {
+        let span = len.checked_add(HUGE)?;
+        // SAFETY: a new private anonymous mapping; nothing else is touched.
+        let base =
+            unsafe { mmap(std::ptr::null_mut(), span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) };
+        if base as isize == -1 {
+            return None;
+        }
+        let base = base as usize;
+        let start = base.next_multiple_of(HUGE);
+        // The span's head and tail around the aligned block go back.
+        unmap(base, start - base);
+        unmap(start + len, base + span - (start + len));
+        advise(start, len);
+        Some(start)
     }
-    let start = p as usize;
-    let Some(stop) = start.checked_add(size) else { return };
-    let (first, end) = (start.next_multiple_of(HUGE), stop / HUGE * HUGE);
-    if end > first {
-        // SAFETY: [first, end) is page-aligned and inside the block just allocated. A failure
-        // (a kernel without transparent huge pages) leaves the block as it was: ignored.
-        unsafe { madvise(first as *mut std::ffi::c_void, end - first, MADV_HUGEPAGE) };
+
+    /// What [`move_pages`] left at the destination.
+    enum Moved {
+        /// The piece's pages, with what they held.
+        Old,
+        /// Fresh pages (the move failed; the piece is unmapped).
+        Fresh,
+        /// Nothing: a failed move unmapped the destination and it could not be mapped again.
+        Hole,
+    }
+
+    /// Moves the pages of `p` to `to`, replacing the fresh pages there. A piece of huge pages
+    /// may span mappings (it was gathered from several), which one `mremap` refuses: it is then
+    /// moved 2 MiB at a time, each inside one mapping. The piece is never left mapped.
+    fn move_pages(p: Piece, to: usize) -> Moved {
+        if remap(p.addr, p.len, to) {
+            return Moved::Old;
+        }
+        // A failed MREMAP_FIXED may have unmapped the destination already.
+        if !refill(to, p.len) {
+            unmap(p.addr, p.len);
+            return Moved::Hole;
+        }
+        if !p.is_huge() {
+            unmap(p.addr, p.len);
+            return Moved::Fresh;
+        }
+        for at in (0..p.len).step_by(HUGE) {
+            if !remap(p.addr + at, HUGE, to + at) {
+                unmap(p.addr + at, HUGE);
+                if !refill(to + at, HUGE) {
+                    unmap(p.addr + at + HUGE, p.len - at - HUGE);
+                    return Moved::Hole;
+                }
+            }
+        }
+        Moved::Old
+    }
+
+    /// `mremap` of `[from, from + len)` onto `[to, to + len)`: whether it moved.
+    fn remap(from: usize, len: usize, to: usize) -> bool {
+        // SAFETY: `[from, from + len)` are pages of a kept piece, owned by the caller; `[to, to +
+        // len)` are fresh pages of the block being made, owned by it; MREMAP_FIXED replaces them.
+        let r = unsafe { mremap(from as *mut c_void, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to as *mut c_void) };
+        r as usize == to
+    }
+
+    /// Maps fresh pages over `[to, to + len)` of a block being made: whether it could.
+    fn refill(to: usize, len: usize) -> bool {
+        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+        // SAFETY: the range belongs to the block being made, owned by the caller; MAP_FIXED
+        // replaces whatever is left there.
+        let r = unsafe { mmap(to as *mut c_void, len, PROT_READ | PROT_WRITE, flags, -1, 0) };
+        if r as usize != to {
+            return false;
+        }
+        advise(to, len);
+        true
+    }
+
+    /// Advises the whole 2 MiB pages of `[start, start + len)` (`start` on a 2 MiB boundary) to
+    /// be huge; a failure (no transparent huge pages) leaves them small: ignored.
+    fn advise(start: usize, len: usize) {
+        let whole = len / HUGE * HUGE;
+        if whole > 0 {
+            // SAFETY: inside a mapping owned by the caller; advice changes no contents.
+            unsafe { madvise(start as *mut c_void, whole, MADV_HUGEPAGE) };
+        }
+    }
+
+    fn unmap(addr: usize, len: usize) {
+        if len > 0 {
+            // SAFETY: whole pages of mappings made by `map`, owned by nobody any more.
+            unsafe { munmap(addr as *mut c_void, len) };
+        }
     }
 }
 
+/// Elsewhere no block is large ([`is_large`]): these are never called.
 #[cfg(not(target_os = "linux"))]
-fn advise(_: *mut u8, _: usize) {}
+mod large {
+    pub(super) const HUGE: usize = 2 << 20;
+    pub(super) fn alloc(_: usize, _: bool) -> *mut u8 {
+        std::ptr::null_mut()
+    }
+    pub(super) unsafe fn free(_: *mut u8, _: usize) {}
+    pub(super) fn release() {}
+    pub(super) fn counts() -> (usize, usize, usize) {
+        (0, 0, 0)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The tests share the one list of kept blocks (the tests' own allocator is `System`, so
+    /// nothing else touches it): one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
-    fn large_blocks_keep_their_contents_through_zeroing_and_growth() {
-        // 6 MiB + 3 bytes: advised (an unaligned size, its whole 2 MiB pages inside); then grown
-        // past 16 MiB, where the block may move.
+    fn blocks_keep_their_contents_through_zeroing_and_growth() {
+        let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // 6 MiB + 3 bytes: large (an unaligned size, its whole 2 MiB pages advised); grown past
+        // 16 MiB, then shrunk to a small block, each a move with the bytes copied.
         let a = HugePageAlloc;
-        let layout = Layout::from_size_align(ADVISE_FROM + (2 << 20) + 3, 64).unwrap();
-        // SAFETY: a non-zero size; every pointer is used within its layout and freed once.
+        let layout = Layout::from_size_align(LARGE_FROM + (2 << 20) + 3, 64).unwrap();
+        let pattern = |i: usize| (i % 251) as u8;
+        // SAFETY: non-zero sizes; every pointer is used within its layout and freed once.
         unsafe {
             let p = a.alloc_zeroed(layout);
             assert!(!p.is_null());
             let bytes = std::slice::from_raw_parts_mut(p, layout.size());
             assert!(bytes.iter().all(|&b| b == 0), "alloc_zeroed gave non-zero bytes");
             for (i, b) in bytes.iter_mut().enumerate() {
-                *b = (i % 251) as u8;
+                *b = pattern(i);
             }
             let grown = 16 << 20;
             let q = a.realloc(p, layout, grown);
             assert!(!q.is_null());
             let kept = std::slice::from_raw_parts(q, layout.size());
-            assert!(kept.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8), "realloc lost bytes");
-            a.dealloc(q, Layout::from_size_align(grown, 64).unwrap());
-            let small = Layout::from_size_align(100, 8).unwrap();
-            let r = a.alloc(small);
+            assert!(kept.iter().enumerate().all(|(i, &b)| b == pattern(i)), "realloc lost bytes");
+            let small = 1000;
+            let r = a.realloc(q, Layout::from_size_align(grown, 64).unwrap(), small);
             assert!(!r.is_null());
-            a.dealloc(r, small);
+            let kept = std::slice::from_raw_parts(r, small);
+            assert!(kept.iter().enumerate().all(|(i, &b)| b == pattern(i)), "shrinking lost bytes");
+            let s = a.realloc(r, Layout::from_size_align(small, 64).unwrap(), grown);
+            let kept = std::slice::from_raw_parts(s, small);
+            assert!(kept.iter().enumerate().all(|(i, &b)| b == pattern(i)), "growing from small lost bytes");
+            a.dealloc(s, Layout::from_size_align(grown, 64).unwrap());
         }
+        HugePageAlloc::release();
+    }
+
+    /// Freed blocks' pages serve the next requests (their old bytes show where not zeroed;
+    /// pieces gathered from several blocks, a piece across two mappings moved 2 MiB at a time),
+    /// and the blocks mapped never exceed the most in use at once.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn freed_pages_are_reused_within_the_peak_of_those_in_use() {
+        let _one = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        HugePageAlloc::release();
+        let at_start = HugePageAlloc::large_bytes();
+        assert_eq!(at_start.kept, 0);
+        const MIB: usize = 1 << 20;
+        let layout = |bytes: usize| Layout::from_size_align(bytes, 64).unwrap();
+        let counts = |live: usize, kept: usize, bound: usize| LargeBytes {
+            live: at_start.live + live,
+            kept,
+            bound: at_start.live + bound,
+        };
+        let byte = |i: usize, seed: usize| ((i + seed) % 251) as u8;
+        let a = HugePageAlloc;
+        // SAFETY: non-zero sizes; every pointer is used within its layout and freed once.
+        unsafe {
+            let fill = |p: *mut u8, len: usize, seed: usize| {
+                for (i, b) in std::slice::from_raw_parts_mut(p, len).iter_mut().enumerate() {
+                    *b = byte(i, seed);
+                }
+            };
+            let holds = |p: *mut u8, len: usize, seed: usize| {
+                std::slice::from_raw_parts(p, len).iter().enumerate().all(|(i, &b)| b == byte(i, seed))
+            };
+            let zero = |p: *mut u8, len: usize| std::slice::from_raw_parts(p, len).iter().all(|&b| b == 0);
+            // 8 MiB + 12 KiB: four huge pages and three small ones, kept as two pieces.
+            let odd = 8 * MIB + 12 * 1024;
+            let first = a.alloc(layout(odd));
+            assert_eq!(first as usize % (2 * MIB), 0, "a large block starts on a huge page");
+            fill(first, odd, 0);
+            a.dealloc(first, layout(odd));
+            assert_eq!(HugePageAlloc::large_bytes(), counts(0, odd, odd));
+            let again = a.alloc(layout(odd));
+            assert!(holds(again, odd, 0), "the freed block's pages were not moved into the new one");
+            assert_eq!(HugePageAlloc::large_bytes(), counts(odd, 0, odd));
+            fill(again, odd, 1);
+            a.dealloc(again, layout(odd));
+            let zeroed = a.alloc_zeroed(layout(odd));
+            assert!(zero(zeroed, odd), "reused pages not zeroed");
+            fill(zeroed, odd, 2);
+            a.dealloc(zeroed, layout(odd));
+            // 16 MiB: the kept huge pages make its first half, the rest is fresh; the 12 KiB piece
+            // goes, since 16 MiB in use leave no room for it under the bound.
+            let big = a.alloc(layout(16 * MIB));
+            assert!(holds(big, 8 * MIB, 2) && zero(big.add(8 * MIB), 8 * MIB));
+            assert_eq!(HugePageAlloc::large_bytes(), counts(16 * MIB, 0, 16 * MIB));
+            let four = a.alloc(layout(4 * MIB));
+            assert_eq!(HugePageAlloc::large_bytes(), counts(20 * MIB, 0, 20 * MIB));
+            fill(big, 16 * MIB, 3);
+            fill(four, 4 * MIB, 4);
+            a.dealloc(four, layout(4 * MIB));
+            a.dealloc(big, layout(16 * MIB));
+            // 6 MiB from the front of the smallest kept piece that covers it (the 16).
+            let six = a.alloc(layout(6 * MIB));
+            assert!(holds(six, 6 * MIB, 3));
+            assert_eq!(HugePageAlloc::large_bytes(), counts(6 * MIB, 14 * MIB, 20 * MIB));
+            a.dealloc(six, layout(6 * MIB));
+            // 14 MiB: none covers it, so the largest first: the 16's last 10 MiB, which lie in two
+            // mappings (moved pages, then fresh ones); then the smallest that covers the 4 left,
+            // the 4.
+            let fourteen = a.alloc(layout(14 * MIB));
+            assert!(holds(fourteen, 10 * MIB, 3 + 6 * MIB), "pieces across mappings not moved");
+            assert!(holds(fourteen.add(10 * MIB), 4 * MIB, 4));
+            assert_eq!(HugePageAlloc::large_bytes(), counts(14 * MIB, 6 * MIB, 20 * MIB));
+            a.dealloc(fourteen, layout(14 * MIB));
+        }
+        HugePageAlloc::release();
+        assert_eq!(HugePageAlloc::large_bytes(), counts(0, 0, 0));
     }
 }

@@ -32,7 +32,7 @@ mod winograd;
 pub use conv::{tf32_enabled, Conv3x3, ConvAlgorithm, Rectified};
 pub use cpu::{gemm_kernels, on_pool, one_pool, simd, Simd};
 pub use error::{Error, Result};
-pub use hugepage::HugePageAlloc;
+pub use hugepage::{HugePageAlloc, LargeBytes};
 pub use imageio::{Preprocessing, Resize};
 pub use kernel_cache::{CacheStats, KernelCache};
 pub use layer::{ConvId, Layer};
