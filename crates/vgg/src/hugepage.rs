@@ -241,9 +241,8 @@ mod large {
 
         /// Chooses kept pages for a block of `len` bytes, as moves to consecutive offsets of
         /// the block from 0: the smallest piece that covers what is left, or else the largest,
-        /// until nothing is left or nothing is kept. What is left is fresh. Returns the bytes
-        /// moved.
-        fn choose(&mut self, len: usize, moves: &mut Pieces) -> usize {
+        /// until nothing is left or nothing is kept. What is left is fresh.
+        fn choose(&mut self, len: usize, moves: &mut Pieces) {
             let mut left = len;
             while left > 0 {
                 let pieces = self.pieces[..self.n].iter().enumerate();
@@ -253,7 +252,6 @@ mod large {
                 left -= p.len;
                 moves.push(p);
             }
-            len - left
         }
 
         /// Counts a block of `len` bytes as live, after [`Kept::choose`] moved kept pages into
@@ -266,16 +264,17 @@ mod large {
             debug_assert!(self.live + self.kept <= self.bound);
         }
 
-        /// Keeps a freed block, the oldest piece going to `out` when the list is full.
-        fn keep(&mut self, p: Piece, out: &mut Pieces) {
+        /// Keeps a freed block; returns the oldest piece when the list was full, to unmap.
+        fn keep(&mut self, p: Piece) -> Option<Piece> {
             self.live -= p.len;
-            if self.n == SLOTS {
-                let oldest = self.pieces[0].len;
-                out.push(self.take_front(0, oldest));
-            }
+            let oldest = (self.n == SLOTS).then(|| {
+                let len = self.pieces[0].len;
+                self.take_front(0, len)
+            });
             self.pieces[self.n] = p;
             self.n += 1;
             self.kept += p.len;
+            oldest
         }
     }
 
@@ -324,9 +323,10 @@ mod large {
     pub(super) unsafe fn free(p: *mut u8, size: usize) {
         // `alloc` rounded the same size without overflow.
         let len = size.next_multiple_of(HUGE);
-        let mut out = Pieces::NONE;
-        lock().keep(Piece { addr: p as usize, len }, &mut out);
-        out.unmap();
+        let oldest = lock().keep(Piece { addr: p as usize, len });
+        if let Some(o) = oldest {
+            unmap(o.addr, o.len);
+        }
     }
 
     /// Unmaps every kept piece; the bound restarts from the bytes in use now.
