@@ -1,7 +1,8 @@
 //! The 3×3 convolution of VGG19, forward and input gradient.
 //!
-//! On the CPU both run through the Winograd kernel of [`crate::winograd`] (as candle custom ops,
-//! with bias, ReLU and the backward ReLU mask fused); on any other device through candle's own
+//! On the CPU both run through the Winograd kernel of [`crate::winograd`], or for a layer with
+//! few channels on one side (conv1_1) directly ([`crate::direct`]), as candle custom ops with
+//! bias, ReLU and the backward ReLU mask fused; on any other device through candle's own
 //! `conv2d`. The input gradient of a stride-1, padding-1 3×3 convolution is itself such a
 //! convolution, with the kernel transposed (in ↔ out channels) and flipped, so one fast path
 //! serves both directions, and the kernel gradient (frozen weights) is never computed.
@@ -11,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
 use crate::cpu::simd;
+use crate::direct::{self, DirectKernel};
 use crate::kernel_cache::{self, Floats, KernelCache, KernelKey};
 use crate::products::KernelLayout;
 use crate::tape::{with_f32, BitMask};
@@ -21,8 +23,9 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ConvAlgorithm {
     /// Winograd F(4×4, 3×3) on the CPU (4× fewer multiplications than direct; F(2×2, 3×3) for
-    /// images of few tiles on AVX-512, see `Variant::fast`), candle's `conv2d` on other devices.
-    /// The default.
+    /// images of few tiles on AVX-512, see `Variant::fast`), but direct for a layer with at most
+    /// 4 channels on one side (conv1_1 and its input gradient: `crate::direct`); candle's
+    /// `conv2d` on other devices. The default.
     #[default]
     Fast,
     /// Winograd F(2×2, 3×3) on the CPU (2.25× fewer multiplications, a little more exact).
@@ -57,7 +60,8 @@ impl ConvAlgorithm {
     /// Floats of the Winograd-domain kernel this algorithm builds on the CPU, per weight of a
     /// 3×3 convolution over images of `h × w` pixels, for each direction (forward, input
     /// gradient): 36/9 with F(4×4, 3×3), 16/9 with F(2×2, 3×3), 0 with candle's `conv2d`. For
-    /// the memory plan.
+    /// the memory plan (which thus counts conv1_1's direct kernels, 9/9, as Winograd's: 50 KB
+    /// more than they are).
     pub fn kernel_floats_per_weight(self, h: usize, w: usize) -> f64 {
         self.cpu_variant(h, w).map_or(0.0, |v| v.floats(1, 1) as f64 / 9.0)
     }
@@ -87,6 +91,8 @@ pub struct Conv3x3 {
     // picks the variant by image size.
     cpu_forward: [OnceLock<Arc<Kernel>>; 2],
     cpu_backward: [OnceLock<Arc<Kernel>>; 2],
+    /// The direct kernels, forward and input gradient, where [`direct::thin`].
+    cpu_direct: [OnceLock<Arc<DirectKernel>>; 2],
     cpu_bias: OnceLock<Arc<Vec<f32>>>,
     weight_grad_input: OnceLock<Tensor>,
     kernel_cache: Option<Arc<KernelCache>>,
@@ -109,6 +115,7 @@ impl Conv3x3 {
             algorithm,
             cpu_forward: Default::default(),
             cpu_backward: Default::default(),
+            cpu_direct: Default::default(),
             cpu_bias: OnceLock::new(),
             weight_grad_input: OnceLock::new(),
             kernel_cache: None,
@@ -138,6 +145,32 @@ impl Conv3x3 {
         }
         let (_, _, h, w) = x.dims4()?;
         Ok(self.algorithm.cpu_variant(h, w))
+    }
+
+    /// The CPU kernel of one direction for `x` `(N, C, H, W)` (`backward`: the input gradient,
+    /// `x` the output's gradient), or none where candle's `conv2d` runs.
+    fn cpu_kernel(&self, x: &Tensor, backward: bool) -> Result<Option<CpuKernel>> {
+        let Some(v) = self.variant(x)? else {
+            return Ok(None);
+        };
+        if self.algorithm == ConvAlgorithm::Fast && direct::thin(self.in_channels(), self.out_channels()) {
+            return Ok(Some(CpuKernel::Direct(self.direct_kernel(backward)?)));
+        }
+        Ok(Some(CpuKernel::Winograd(self.kernel(v, backward)?)))
+    }
+
+    fn direct_kernel(&self, backward: bool) -> Result<Arc<DirectKernel>> {
+        let cell = &self.cpu_direct[usize::from(backward)];
+        if let Some(k) = cell.get() {
+            return Ok(k.clone());
+        }
+        let (k, c) = if backward {
+            (self.in_channels(), self.out_channels())
+        } else {
+            (self.out_channels(), self.in_channels())
+        };
+        let kernel = with_f32(&self.weight, |w| DirectKernel::new(w, k, c, backward))?;
+        Ok(cell.get_or_init(|| Arc::new(kernel)).clone())
     }
 
     fn kernel(&self, v: Variant, backward: bool) -> Result<Arc<Kernel>> {
@@ -184,8 +217,8 @@ impl Conv3x3 {
     /// `relu(W ⋆ x + b)` when `relu`, else `W ⋆ x + b`; `x` is `(N, C_in, H, W)`, the result
     /// `(N, C_out, H, W)`.
     pub fn forward_with(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
-        match self.variant(x)? {
-            Some(v) => {
+        match self.cpu_kernel(x, false)? {
+            Some(kernel) => {
                 let bias = match self.cpu_bias.get() {
                     Some(b) => b.clone(),
                     None => {
@@ -193,7 +226,7 @@ impl Conv3x3 {
                         self.cpu_bias.get_or_init(|| b).clone()
                     }
                 };
-                let op = WinogradOp { kernel: self.kernel(v, false)?, bias: Some(bias), relu, mask: None };
+                let op = CpuConvOp { kernel, bias: Some(bias), relu, mask: None };
                 Ok(x.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             None => {
@@ -210,8 +243,8 @@ impl Conv3x3 {
     /// given: `W' ⋆ (grad_out ⊙ [relu > 0])` with `W'` the transposed, flipped kernel.
     /// `grad_out` is `(N, C_out, H, W)`; the result `(N, C_in, H, W)`.
     pub fn input_grad(&self, grad_out: &Tensor, relu: Option<&Rectified>) -> Result<Tensor> {
-        match self.variant(grad_out)? {
-            Some(v) => {
+        match self.cpu_kernel(grad_out, true)? {
+            Some(kernel) => {
                 let computed;
                 let mask = match relu {
                     Some(Rectified::Mask(m)) => Some(m),
@@ -224,7 +257,7 @@ impl Conv3x3 {
                 if let Some(m) = mask.filter(|m| m.dims() != grad_out.dims()) {
                     return Err(Error::Shape(format!("mask {:?} for a gradient {:?}", m.dims(), grad_out.dims())));
                 }
-                let op = WinogradOp { kernel: self.kernel(v, true)?, bias: None, relu: false, mask };
+                let op = CpuConvOp { kernel, bias: None, relu: false, mask };
                 Ok(grad_out.contiguous()?.apply_op1_no_bwd(&op)?)
             }
             None => {
@@ -327,32 +360,42 @@ impl Drop for Tf32 {
     }
 }
 
-/// The CPU Winograd convolution as a candle op on `(N, C, H, W)` `f32` tensors; the optional
-/// mask (one bit per input value) zeroes inputs first.
-struct WinogradOp<'m> {
-    kernel: Arc<Kernel>,
+/// A convolution's kernel on the CPU: in the Winograd domain, or laid out for the direct one.
+enum CpuKernel {
+    Winograd(Arc<Kernel>),
+    Direct(Arc<DirectKernel>),
+}
+
+/// The CPU convolution as a candle op on `(N, C, H, W)` `f32` tensors; the optional mask (one
+/// bit per input value) zeroes inputs first.
+struct CpuConvOp<'m> {
+    kernel: CpuKernel,
     bias: Option<Arc<Vec<f32>>>,
     relu: bool,
     mask: Option<&'m BitMask>,
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("winograd conv: {what} must be f32, got another type") };
+    let CpuStorage::F32(v) = s else { candle_core::bail!("cpu conv: {what} must be f32, got another type") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("winograd conv: {what} must be contiguous"),
+        None => candle_core::bail!("cpu conv: {what} must be contiguous"),
     }
 }
 
-impl WinogradOp<'_> {
+impl CpuConvOp<'_> {
     fn run(&self, x: &[f32], lx: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = lx.shape().dims4()?;
         if c != self.kernel_in() {
-            candle_core::bail!("winograd conv: input has {c} channels, the kernel expects {}", self.kernel_in())
+            candle_core::bail!("cpu conv: input has {c} channels, the kernel expects {}", self.kernel_in())
         }
         let k = self.kernel_out();
         let epi = Epilogue { bias: self.bias.as_deref().map(|b| b.as_slice()), relu: self.relu };
-        let out = winograd::conv(&self.kernel, x, self.mask.map(|m| m.bits()), n, h, w, epi);
+        let mask = self.mask.map(|m| m.bits());
+        let out = match &self.kernel {
+            CpuKernel::Winograd(k) => winograd::conv(k, x, mask, n, h, w, epi),
+            CpuKernel::Direct(k) => direct::conv(simd(), k, x, mask, (n, h, w), epi),
+        };
         Ok((CpuStorage::F32(out), Shape::from((n, k, h, w))))
     }
 
@@ -365,13 +408,16 @@ impl WinogradOp<'_> {
     }
 
     fn kernel_dims(&self) -> (usize, usize) {
-        winograd::kernel_dims(&self.kernel)
+        match &self.kernel {
+            CpuKernel::Winograd(k) => winograd::kernel_dims(k),
+            CpuKernel::Direct(k) => k.dims(),
+        }
     }
 }
 
-impl CustomOp1 for WinogradOp<'_> {
+impl CustomOp1 for CpuConvOp<'_> {
     fn name(&self) -> &'static str {
-        "winograd-conv3x3"
+        "cpu-conv3x3"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {

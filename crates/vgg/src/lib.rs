@@ -15,6 +15,7 @@
 
 mod conv;
 mod cpu;
+mod direct;
 mod error;
 mod hugepage;
 pub mod imageio;
