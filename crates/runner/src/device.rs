@@ -39,8 +39,11 @@ pub fn device_name(d: &Device) -> String {
     }
 }
 
-/// Resets the kernel's peak-RSS counter of this process (Linux), so each run reports its own.
+/// Resets the kernel's peak-RSS counter of this process (Linux), so each run reports its own:
+/// first hands back the pages the allocator keeps for reuse ([`vgg::HugePageAlloc::release`]),
+/// which an earlier run (of another size, say) left and this one may not need.
 pub fn reset_peak_rss() {
+    vgg::HugePageAlloc::release();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -245,8 +245,6 @@ pub fn execute(
 ) -> RunSummary {
     let started = Instant::now();
     let mut summary = RunSummary::new(run);
-    // The buffers kept from the run before (another size) go back first: each run's peak is its own.
-    vgg::HugePageAlloc::release();
     reset_peak_rss();
     let (interrupt, preview_every) = (session.interrupt.clone(), session.preview_every);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -295,7 +293,6 @@ pub fn execute_batched(
     }
     let batch = batch::Batch::new();
     let (interrupt, preview_every) = (session.interrupt.clone(), session.preview_every);
-    vgg::HugePageAlloc::release();
     reset_peak_rss();
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Msg)>();
