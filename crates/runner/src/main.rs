@@ -172,7 +172,7 @@ struct BenchArgs {
     /// auto, cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// fast (Winograd F(4x4,3x3) on CPU), winograd2x2, or candle (candle's conv2d).
+    /// fast (Winograd F(4x4,3x3) on CPU, conv1_1 direct), winograd2x2, or candle (candle's conv2d).
     #[arg(long, default_value = "fast")]
     algorithm: String,
     /// gram (the torch reference's), mean_cov or wasserstein.
