@@ -60,7 +60,7 @@ impl ConvAlgorithm {
     /// Floats of the Winograd-domain kernel this algorithm builds on the CPU, per weight of a
     /// 3×3 convolution over images of `h × w` pixels, for each direction (forward, input
     /// gradient): 36/9 with F(4×4, 3×3), 16/9 with F(2×2, 3×3), 0 with candle's `conv2d`. For
-    /// the memory plan (which thus counts conv1_1's direct kernels, 9/9, as Winograd's: 50 KB
+    /// the memory plan (which thus counts conv1_1's direct kernels, 9/9, as Winograd's: 41 KB
     /// more than they are).
     pub fn kernel_floats_per_weight(self, h: usize, w: usize) -> f64 {
         self.cpu_variant(h, w).map_or(0.0, |v| v.floats(1, 1) as f64 / 9.0)
