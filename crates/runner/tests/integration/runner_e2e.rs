@@ -329,7 +329,12 @@ fn transfer_writes_the_image_and_its_run_files() {
     let content = fixture_dir().join("content_64x48.png");
     let style = fixture_dir().join("style_64x48.png");
     let (c, s) = (content.to_str().unwrap(), style.to_str().unwrap());
-    let args = ["transfer", c, s, s, "-o", "out/picture.png", "--size", "64", "--iterations", "3", "--init", "noise"];
+    // 5 iterations, not 3: the run must end below where it started (else it is flagged as
+    // diverged), and L-BFGS's second step from noise may overshoot. It did once conv1_1 was
+    // computed directly (other bits, same math): 2.07e8, 8.6e7, then 2.10e8 at iteration 3;
+    // from iteration 4 on the loss falls with either convolution (5 iterations: 5.8e7 against
+    // 5.2e7 with the Winograd conv1_1).
+    let args = ["transfer", c, s, s, "-o", "out/picture.png", "--size", "64", "--iterations", "5", "--init", "noise"];
     let extra = ["--style-weight", "1e4", "--style-blend-weights", "3,1", "--style-layers", "relu1_1,relu2_1"];
     let all: Vec<&str> = args.iter().chain(&extra).copied().collect();
     let o = runner(&all, dir.path());
@@ -342,7 +347,7 @@ fn transfer_writes_the_image_and_its_run_files() {
     }
     let record: toml::Table = std::fs::read_to_string(run.join("run.toml")).unwrap().parse().unwrap();
     let p = runner::params::RunParams::from_table(record["params"].as_table().unwrap()).unwrap();
-    assert_eq!((p.objective.style_weight.0, p.optimizer.iterations.at(0)), (1e4, 3));
+    assert_eq!((p.objective.style_weight.0, p.optimizer.iterations.at(0)), (1e4, 5));
     assert_eq!(p.inputs.style.0.iter().map(|s| s.weight).collect::<Vec<_>>(), [3.0, 1.0]);
     assert_eq!(p.objective.style_layers.layers().len(), 2);
     assert!(!dir.path().join("out/summary.csv").exists(), "a one-off writes no experiment files");
