@@ -66,7 +66,15 @@ fn sci(v: &[f64]) -> Vec<String> {
 /// difference of two nearly equal gradients: they amplify any float32 rounding of the gradient
 /// about 3000-fold. The equivalence with PyTorch is therefore checked with candle's direct
 /// convolution (gradient within 5e-7 of float64); the Winograd path (gradient within 3e-6) is
-/// held to 1% on the first evaluations.
+/// held to 4% on the first evaluations. Not 1%, as it was: where a pre-activation is a tie
+/// (within 1e-5 of its layer's largest value, `fixture::winograd_relu_masks_differ_only_at_ties`)
+/// float32 rounding decides its ReLU mask, and the backward pass then differs around it. At x0
+/// on the AVX2 path with conv1_1 computed directly (2026-12-01), three such ties (conv2_1,
+/// conv2_2 and conv3_2, |pre-activation| at most 7.2e-4 against layer maxima of 2.6e3–5.7e3)
+/// fell the other way from candle's: the gradient moved 7.6e-4 from PyTorch's (within the 1e-3
+/// of `fixture::check_losses_and_gradient`), most in the image region under them, and
+/// evaluations 2–4 moved 1.4e-2, 3.0e-2 and 5.4e-3 (AVX-512, no flipped tie: 4.9e-4, 6.2e-4,
+/// 1.4e-3).
 ///
 /// Over the whole trace no float32 run follows the float64 one closely, PyTorch's included:
 /// `scripts/lbfgs_float32_drift.py` (torch 2.15, this trace in float32 with 1 and 2 threads,
@@ -79,7 +87,7 @@ fn sci(v: &[f64]) -> Vec<String> {
 #[test]
 fn lbfgs_without_line_search_follows_torch() {
     let want = list("lbfgs.seed.none.evals");
-    for (alg, first5, all) in [(ConvAlgorithm::Candle, 1e-3, 0.06), (ConvAlgorithm::Fast, 1e-2, 0.06)] {
+    for (alg, first5, all) in [(ConvAlgorithm::Candle, 1e-3, 0.06), (ConvAlgorithm::Fast, 4e-2, 0.06)] {
         let (got, _, x) = trace(alg, "x0", LossForm::Seed, LbfgsConfig::default(), want.len());
         let got = &got[..want.len()];
         let rels: Vec<f64> = got.iter().zip(&want).map(|(a, b)| rel(*a, *b)).collect();
