@@ -159,16 +159,22 @@ impl Conv3x3 {
         Ok(Some(CpuKernel::Winograd(self.kernel(v, backward)?)))
     }
 
+    /// The (output, input) channels of one direction's kernel: the input gradient's maps the
+    /// output channels back to the input ones.
+    fn kernel_dims(&self, backward: bool) -> (usize, usize) {
+        if backward {
+            (self.in_channels(), self.out_channels())
+        } else {
+            (self.out_channels(), self.in_channels())
+        }
+    }
+
     fn direct_kernel(&self, backward: bool) -> Result<Arc<DirectKernel>> {
         let cell = &self.cpu_direct[usize::from(backward)];
         if let Some(k) = cell.get() {
             return Ok(k.clone());
         }
-        let (k, c) = if backward {
-            (self.in_channels(), self.out_channels())
-        } else {
-            (self.out_channels(), self.in_channels())
-        };
+        let (k, c) = self.kernel_dims(backward);
         let kernel = with_f32(&self.weight, |w| DirectKernel::new(w, k, c, backward))?;
         Ok(cell.get_or_init(|| Arc::new(kernel)).clone())
     }
@@ -179,12 +185,7 @@ impl Conv3x3 {
         if let Some(k) = cell.get() {
             return Ok(k.clone());
         }
-        // The input gradient's kernel maps the output channels back to the input ones.
-        let (k, c) = if backward {
-            (self.in_channels(), self.out_channels())
-        } else {
-            (self.out_channels(), self.in_channels())
-        };
+        let (k, c) = self.kernel_dims(backward);
         // In the layout the products of this process's instruction set read.
         let layout = KernelLayout::of(simd());
         // The weights where they lie: a copy per kernel was about 100 MB of fresh memory per run.

@@ -35,7 +35,7 @@ use crate::tape::Bits;
 use crate::vector::{Portable, Vector};
 #[cfg(target_arch = "x86_64")]
 use crate::vector::{Ymm, Zmm};
-use crate::winograd::Epilogue;
+use crate::winograd::{with_buffer, Epilogue, SharedMut};
 
 /// Channels on the thin side, at most, of a convolution computed here ([`thin`]).
 const THIN: usize = 4;
@@ -95,21 +95,6 @@ thread_local! {
     static ROWS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// A pointer that tasks writing disjoint elements of one buffer share.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: the tasks write disjoint elements (each says which) of a buffer that outlives them.
-unsafe impl Send for Shared {}
-// SAFETY: as above.
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `(N, K, H, W) = conv3x3(x (N, C, H, W) ⊙ mask, kernel)` followed by the epilogue, computed
 /// directly on `level` (a set the CPU has); `mask`, when given, holds one bit per value of `x`
 /// and zeroes those whose bit is 0.
@@ -128,7 +113,7 @@ pub(crate) fn conv(
     }
     let len = [n, k, h, w].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).expect("output size overflows");
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    let y = Shared(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+    let y = SharedMut(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     let bands = h.div_ceil(BAND);
     (0..n * bands).into_par_iter().for_each(|j| {
         let (b, y0) = (j / bands, j % bands * BAND);
@@ -211,22 +196,19 @@ unsafe fn band_with<V: Vector, const PV: usize>(t: &Band<'_>) {
     // for the last block's vectors and taps (its lanes past w compute on zeros, never stored).
     let wp = t.w.next_multiple_of(PV * V::LANES) + 2;
     let (c, span) = (t.kernel.c, t.rows + 2);
-    let mut scratch = ROWS.take();
-    if scratch.len() < c * span * wp {
-        scratch.resize(c * span * wp, 0.0);
-    }
-    // SAFETY: `V`'s set by the caller; the scratch holds C·(rows + 2)·wp floats.
-    unsafe { fill_rows::<V>(t, &mut scratch[..c * span * wp], wp) };
-    // SAFETY: as above, and `t.out` by the caller.
-    unsafe {
-        match t.kernel.kb {
-            4 => outputs::<V, PV, 4>(t, &scratch, wp),
-            3 => outputs::<V, PV, 3>(t, &scratch, wp),
-            2 => outputs::<V, PV, 2>(t, &scratch, wp),
-            _ => outputs::<V, PV, 1>(t, &scratch, wp),
+    with_buffer(&ROWS, c * span * wp, |scratch| {
+        // SAFETY: `V`'s set by the caller; the scratch holds C·(rows + 2)·wp floats.
+        unsafe { fill_rows::<V>(t, scratch, wp) };
+        // SAFETY: as above, and `t.out` by the caller.
+        unsafe {
+            match t.kernel.kb {
+                4 => outputs::<V, PV, 4>(t, scratch, wp),
+                3 => outputs::<V, PV, 3>(t, scratch, wp),
+                2 => outputs::<V, PV, 2>(t, scratch, wp),
+                _ => outputs::<V, PV, 1>(t, scratch, wp),
+            }
         }
-    }
-    ROWS.set(scratch);
+    });
 }
 
 /// Row `r` of channel c of `rows` (C × (rows + 2) rows of `wp` floats): input row y0 − 1 + r,

@@ -276,7 +276,7 @@ pub(crate) struct Epilogue<'a> {
 
 /// A raw pointer that may be shared by threads that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(crate) struct SharedMut(pub(crate) *mut f32);
 // SAFETY: the users of a `SharedMut` write disjoint elements (each says which) of a buffer that
 // outlives them.
 unsafe impl Send for SharedMut {}
@@ -285,7 +285,7 @@ unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The pointer (a method, so that closures capture the `Sync` wrapper, not its field).
-    fn ptr(&self) -> *mut f32 {
+    pub(crate) fn ptr(&self) -> *mut f32 {
         self.0
     }
 }
@@ -350,7 +350,7 @@ thread_local! {
 /// zeros at first: `f`'s results must not depend on them, though padding lanes may compute with
 /// them), which is kept for the next call and grows to the largest `len` asked. A call nested in
 /// `f` on the same thread gets a buffer of its own.
-fn with_buffer<R>(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_buffer<R>(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = key.take();
     if buf.len() < len {
         buf.resize(len, 0.0);
