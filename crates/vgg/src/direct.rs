@@ -161,54 +161,70 @@ struct Band<'a> {
 /// # Safety
 /// The CPU must have `level`'s set; `t.out` as [`Band`] says.
 unsafe fn band(level: Simd, t: &Band<'_>) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        unsafe fn wide(t: &Band<'_>) {
-            // SAFETY: compiled for AVX-512, which the caller's CPU has; `t` by the caller.
-            unsafe { band_with::<Zmm, 4>(t) }
+    // The scratch is taken here, outside the functions compiled for a set, which get it as an
+    // argument: code in a closure is compiled without the features of the function that
+    // defines it, so with the scratch taken inside `band_with` (`with_buffer`'s closure) every
+    // vector operation of the band became a call, and conv1_1 at 160×120 took 30 ms instead of
+    // 1.2 (measured, `runner bench`, a8fea1b).
+    let len = t.kernel.c * (t.rows + 2) * padded_width(t.w, MAX_STEP);
+    with_buffer(&ROWS, len, |scratch| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            unsafe fn wide(t: &Band<'_>, scratch: &mut [f32]) {
+                // SAFETY: compiled for AVX-512, which the caller's CPU has; `t` by the caller.
+                unsafe { band_with::<Zmm, 4>(t, scratch) }
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn narrow(t: &Band<'_>, scratch: &mut [f32]) {
+                // SAFETY: compiled for AVX2 and FMA, which the caller's CPU has; `t` by the caller.
+                unsafe { band_with::<Ymm, 2>(t, scratch) }
+            }
+            match level {
+                // SAFETY: the CPU has the set (the caller's); `t` by the caller.
+                Simd::Avx512 => return unsafe { wide(t, scratch) },
+                // SAFETY: as above.
+                Simd::Avx2 => return unsafe { narrow(t, scratch) },
+                Simd::Baseline => {}
+            }
         }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn narrow(t: &Band<'_>) {
-            // SAFETY: compiled for AVX2 and FMA, which the caller's CPU has; `t` by the caller.
-            unsafe { band_with::<Ymm, 2>(t) }
-        }
-        match level {
-            // SAFETY: the CPU has the set (the caller's); `t` by the caller.
-            Simd::Avx512 => return unsafe { wide(t) },
-            // SAFETY: as above.
-            Simd::Avx2 => return unsafe { narrow(t) },
-            Simd::Baseline => {}
-        }
-    }
-    // SAFETY: `Portable` needs no instruction set; `t` by the caller.
-    unsafe { band_with::<Portable, 2>(t) }
+        // SAFETY: `Portable` needs no instruction set; `t` by the caller.
+        unsafe { band_with::<Portable, 2>(t, scratch) }
+    })
 }
 
-/// Copies the input rows the band reads into this thread's scratch, then computes its outputs
-/// in register blocks of `KB` channels (the kernel's) × `PV` vectors `V`.
+/// Pixels of a register block's row (`PV` vectors) on any set, at most.
+const MAX_STEP: usize = 64;
+
+/// A padded row's floats for blocks of `step` pixels: column j holds input column j − 1, zeros
+/// at 0 and from w + 1 on, wide enough for the last block's vectors and taps (its lanes past w
+/// compute on zeros, never stored).
+fn padded_width(w: usize, step: usize) -> usize {
+    w.next_multiple_of(step) + 2
+}
+
+/// Copies the input rows the band reads into `scratch` (at least C·(rows + 2) padded rows of
+/// [`MAX_STEP`]), then computes its outputs in register blocks of `KB` channels (the kernel's)
+/// × `PV` vectors `V`.
 ///
 /// # Safety
 /// The CPU must have `V`'s set, enabled where this is inlined; `t.out` as [`Band`] says.
 #[inline(always)]
-unsafe fn band_with<V: Vector, const PV: usize>(t: &Band<'_>) {
-    // Padded row: column j holds input column j − 1, zeros at 0 and from w + 1 on, wide enough
-    // for the last block's vectors and taps (its lanes past w compute on zeros, never stored).
-    let wp = t.w.next_multiple_of(PV * V::LANES) + 2;
-    let (c, span) = (t.kernel.c, t.rows + 2);
-    with_buffer(&ROWS, c * span * wp, |scratch| {
-        // SAFETY: `V`'s set by the caller; the scratch holds C·(rows + 2)·wp floats.
-        unsafe { fill_rows::<V>(t, scratch, wp) };
-        // SAFETY: as above, and `t.out` by the caller.
-        unsafe {
-            match t.kernel.kb {
-                4 => outputs::<V, PV, 4>(t, scratch, wp),
-                3 => outputs::<V, PV, 3>(t, scratch, wp),
-                2 => outputs::<V, PV, 2>(t, scratch, wp),
-                _ => outputs::<V, PV, 1>(t, scratch, wp),
-            }
+unsafe fn band_with<V: Vector, const PV: usize>(t: &Band<'_>, scratch: &mut [f32]) {
+    const { assert!(PV * V::LANES <= MAX_STEP) };
+    let wp = padded_width(t.w, PV * V::LANES);
+    let scratch = &mut scratch[..t.kernel.c * (t.rows + 2) * wp];
+    // SAFETY: `V`'s set by the caller; the scratch holds C·(rows + 2)·wp floats.
+    unsafe { fill_rows::<V>(t, scratch, wp) };
+    // SAFETY: as above, and `t.out` by the caller.
+    unsafe {
+        match t.kernel.kb {
+            4 => outputs::<V, PV, 4>(t, scratch, wp),
+            3 => outputs::<V, PV, 3>(t, scratch, wp),
+            2 => outputs::<V, PV, 2>(t, scratch, wp),
+            _ => outputs::<V, PV, 1>(t, scratch, wp),
         }
-    });
+    }
 }
 
 /// Row `r` of channel c of `rows` (C × (rows + 2) rows of `wp` floats): input row y0 − 1 + r,
