@@ -13,9 +13,10 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 
 use crate::cpu::simd;
 use crate::direct::{self, DirectKernel};
-use crate::kernel_cache::{self, Floats, KernelCache, KernelKey};
+use crate::kernel_cache::{Floats, KernelCache, KernelKey};
 use crate::products::KernelLayout;
-use crate::tape::{with_f32, BitMask};
+use crate::tape::BitMask;
+use crate::weights::ConvKernel;
 use crate::winograd::{self, Epilogue, Kernel, Variant};
 use crate::{Error, Result};
 
@@ -83,7 +84,7 @@ impl std::str::FromStr for ConvAlgorithm {
 
 /// One 3×3, stride-1, padding-1 convolution with bias: `y = W ⋆ x + b`.
 pub struct Conv3x3 {
-    weight: Tensor,
+    weight: ConvKernel,
     bias: Tensor,
     algorithm: ConvAlgorithm,
     // Built on first use only, so unused layers (conv5_2 … conv5_4 for the usual losses) cost
@@ -100,8 +101,10 @@ pub struct Conv3x3 {
 
 impl Conv3x3 {
     /// A convolution with `weight` of shape `(C_out, C_in, 3, 3)` and `bias` of shape `(C_out)`.
-    pub fn new(weight: Tensor, bias: Tensor, algorithm: ConvAlgorithm) -> Result<Self> {
-        let (k, _c, kh, kw) = weight.dims4()?;
+    pub fn new(weight: ConvKernel, bias: Tensor, algorithm: ConvAlgorithm) -> Result<Self> {
+        let &[k, _c, kh, kw] = weight.dims() else {
+            return Err(Error::Shape(format!("expected a 3×3 kernel, got {:?}", weight.dims())));
+        };
         if (kh, kw) != (3, 3) || bias.dims() != [k] {
             return Err(Error::Shape(format!(
                 "expected a 3×3 kernel and a bias of {k}, got {:?} and {:?}",
@@ -110,7 +113,7 @@ impl Conv3x3 {
             )));
         }
         Ok(Self {
-            weight: weight.to_dtype(DType::F32)?.contiguous()?,
+            weight,
             bias: bias.to_dtype(DType::F32)?.contiguous()?,
             algorithm,
             cpu_forward: Default::default(),
@@ -175,7 +178,7 @@ impl Conv3x3 {
             return Ok(k.clone());
         }
         let (k, c) = self.kernel_dims(backward);
-        let kernel = with_f32(&self.weight, |w| DirectKernel::new(w, k, c, backward))?;
+        let kernel = self.weight.with_f32(|w| DirectKernel::new(w, k, c, backward))?;
         Ok(cell.get_or_init(|| Arc::new(kernel)).clone())
     }
 
@@ -189,24 +192,24 @@ impl Conv3x3 {
         // In the layout the products of this process's instruction set read.
         let layout = KernelLayout::of(simd());
         // The weights where they lie: a copy per kernel was about 100 MB of fresh memory per run.
-        let u = with_f32(&self.weight, |w| {
-            let build = || winograd::transform(v, layout, w, k, c, backward);
-            match &self.kernel_cache {
-                Some(cache) => {
-                    let key = KernelKey {
-                        tile: v.tile(),
-                        input_grad: backward,
-                        layout,
-                        k,
-                        c,
-                        len: v.floats(k, c),
-                        weights: kernel_cache::hash(w),
-                    };
-                    cache.get_or_build(&key, build)
-                }
-                None => Floats::Owned(build()),
+        // Where the cache has the kernel, the weights' floats are only hashed, a part at a time
+        // where they are quantized ([`ConvKernel::hash`]).
+        let build = || self.weight.with_f32(|w| winograd::transform(v, layout, w, k, c, backward));
+        let u = match &self.kernel_cache {
+            Some(cache) => {
+                let key = KernelKey {
+                    tile: v.tile(),
+                    input_grad: backward,
+                    layout,
+                    k,
+                    c,
+                    len: v.floats(k, c),
+                    weights: self.weight.hash()?,
+                };
+                cache.get_or_build(&key, build)?
             }
-        })?;
+            None => Floats::Owned(build()?),
+        };
         Ok(cell.get_or_init(|| Arc::new(Kernel::new(u, k, c, v, layout))).clone())
     }
 
@@ -232,7 +235,7 @@ impl Conv3x3 {
             }
             None => {
                 let _tf32 = Tf32::enable(x.device());
-                let y = x.conv2d_with_algo(&self.weight, 1, 1, 1, 1, cudnn_algorithm())?;
+                let y = x.conv2d_with_algo(&self.weight.tensor()?, 1, 1, 1, 1, cudnn_algorithm())?;
                 let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
                 Ok(if relu { y.relu()? } else { y })
             }
@@ -270,7 +273,7 @@ impl Conv3x3 {
                 let wt = match self.weight_grad_input.get() {
                     Some(w) => w.clone(),
                     None => {
-                        let w = self.weight.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?.contiguous()?;
+                        let w = self.weight.tensor()?.transpose(0, 1)?.contiguous()?.flip(&[2, 3])?.contiguous()?;
                         self.weight_grad_input.get_or_init(|| w).clone()
                     }
                 };

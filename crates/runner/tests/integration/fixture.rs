@@ -122,7 +122,7 @@ fn hand_written_backward_equals_candle_autograd() {
     let deepest = *layers.iter().max().unwrap();
     for (c, cw) in vgg::ConvId::all().zip(w.convs()) {
         let y = cur
-            .conv2d(&cw.weight, 1, 1, 1, 1)
+            .conv2d(&cw.weight.tensor().unwrap(), 1, 1, 1, 1)
             .unwrap()
             .broadcast_add(&cw.bias.reshape((1, (), 1, 1)).unwrap())
             .unwrap();

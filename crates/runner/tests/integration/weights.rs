@@ -56,7 +56,7 @@ fn safetensors_round_trip_gives_the_same_features() {
     assert_eq!(rel_err(&a[&layers[0]], &b[&layers[0]]), 0.0);
     // A file missing a layer is refused by name.
     let mut map = std::collections::HashMap::new();
-    map.insert("conv1_1.weight".to_string(), weights().convs()[0].weight.clone());
+    map.insert("conv1_1.weight".to_string(), weights().convs()[0].weight.tensor().unwrap());
     let q = dir.path().join("partial.safetensors");
     candle_core::safetensors::save(&map, &q).unwrap();
     let e = VggWeights::load_safetensors(&q, &Device::Cpu).unwrap_err().to_string();
@@ -64,10 +64,10 @@ fn safetensors_round_trip_gives_the_same_features() {
     // A tensor of the wrong shape is refused with the layer and both shapes.
     let mut map = std::collections::HashMap::new();
     for (c, w) in vgg::ConvId::all().zip(weights().convs()) {
-        map.insert(format!("{c}.weight"), w.weight.clone());
+        map.insert(format!("{c}.weight"), w.weight.tensor().unwrap());
         map.insert(format!("{c}.bias"), w.bias.clone());
     }
-    map.insert("conv2_1.weight".into(), weights().convs()[2].weight.narrow(0, 0, 64).unwrap());
+    map.insert("conv2_1.weight".into(), weights().convs()[2].weight.tensor().unwrap().narrow(0, 0, 64).unwrap());
     let q = dir.path().join("misshapen.safetensors");
     candle_core::safetensors::save(&map, &q).unwrap();
     let e = VggWeights::load_safetensors(&q, &Device::Cpu).unwrap_err().to_string();
@@ -170,7 +170,7 @@ fn torchvision_state_dicts_load_by_module_index() {
     let mut tensors = Vec::new();
     for (c, w) in vgg::ConvId::all().zip(weights().convs()) {
         let i = vgg::weights::torchvision_index(c);
-        tensors.push((format!("features.{i}.weight"), w.weight.clone()));
+        tensors.push((format!("features.{i}.weight"), w.weight.tensor().unwrap()));
         tensors.push((format!("features.{i}.bias"), w.bias.clone()));
     }
     torch_zip(&p, &tensors);
@@ -178,7 +178,7 @@ fn torchvision_state_dicts_load_by_module_index() {
     let back = VggWeights::load(&p, WeightsFormat::Torchvision, &Device::Cpu).unwrap();
     assert_eq!(back.preprocessing(), vgg::Preprocessing::Torchvision);
     for (a, b) in weights().convs().iter().zip(back.convs()) {
-        assert_eq!(rel_err(&b.weight, &a.weight), 0.0);
+        assert_eq!(rel_err(&b.weight.tensor().unwrap(), &a.weight.tensor().unwrap()), 0.0);
         assert_eq!(rel_err(&b.bias, &a.bias), 0.0);
     }
     // One module missing: refused by its name.
