@@ -42,26 +42,24 @@ pub struct ConvKernel(Arc<KernelSource>);
 #[derive(Debug)]
 struct KernelSource {
     dims: [usize; 4],
-    device: Device,
-    /// The floats, `(C_out, C_in, 3, 3)`, contiguous: given, or made once from `quantized`.
-    dense: OnceLock<Tensor>,
-    quantized: Option<Quantized>,
+    values: Values,
+    /// [`ConvKernel::hash`], once computed.
     hash: OnceLock<u64>,
 }
 
-/// `W = table[q]`, `q` in the kernel's order.
 #[derive(Debug)]
-struct Quantized {
-    q: Vec<u8>,
-    table: [f32; 256],
+enum Values {
+    /// The floats, contiguous.
+    Dense(Tensor),
+    /// `W = table[q]`, `q` in the kernel's order, and the floats once [`ConvKernel::tensor`]
+    /// has made them (on `device`).
+    Quantized { q: Vec<u8>, table: Box<[f32; 256]>, device: Device, made: OnceLock<Tensor> },
 }
 
-impl Quantized {
-    /// Floats `at..at + out.len()` of the kernel into `out`.
-    fn floats(&self, at: usize, out: &mut [f32]) {
-        for (o, &i) in out.iter_mut().zip(&self.q[at..]) {
-            *o = self.table[usize::from(i)];
-        }
+/// Floats `at..at + out.len()` of `table[q]` into `out`.
+fn dequantize(q: &[u8], table: &[f32; 256], at: usize, out: &mut [f32]) {
+    for (o, &i) in out.iter_mut().zip(&q[at..]) {
+        *o = table[usize::from(i)];
     }
 }
 
@@ -70,25 +68,14 @@ impl ConvKernel {
     pub fn new(weight: &Tensor) -> Result<Self> {
         let dense = weight.to_dtype(DType::F32)?.contiguous()?;
         let (k, c, kh, kw) = dense.dims4()?;
-        Ok(Self(Arc::new(KernelSource {
-            dims: [k, c, kh, kw],
-            device: dense.device().clone(),
-            dense: OnceLock::from(dense),
-            quantized: None,
-            hash: OnceLock::new(),
-        })))
+        Ok(Self(Arc::new(KernelSource { dims: [k, c, kh, kw], values: Values::Dense(dense), hash: OnceLock::new() })))
     }
 
     /// `W = table[q]` of shape `dims` on `device`; `q` holds one index per value.
     fn quantized(q: Vec<u8>, table: [f32; 256], dims: [usize; 4], device: &Device) -> Self {
         debug_assert_eq!(q.len(), dims.iter().product::<usize>());
-        Self(Arc::new(KernelSource {
-            dims,
-            device: device.clone(),
-            dense: OnceLock::new(),
-            quantized: Some(Quantized { q, table }),
-            hash: OnceLock::new(),
-        }))
+        let values = Values::Quantized { q, table: Box::new(table), device: device.clone(), made: OnceLock::new() };
+        Self(Arc::new(KernelSource { dims, values, hash: OnceLock::new() }))
     }
 
     /// `(C_out, C_in, 3, 3)`.
@@ -99,25 +86,27 @@ impl ConvKernel {
     /// The floats as a tensor on the kernel's device, made on the first call where the kernel
     /// is quantized (and kept).
     pub fn tensor(&self) -> Result<Tensor> {
-        let s = &self.0;
-        if let Some(t) = s.dense.get() {
-            return Ok(t.clone());
+        match &self.0.values {
+            Values::Dense(t) => Ok(t.clone()),
+            Values::Quantized { q, table, device, made } => {
+                if let Some(t) = made.get() {
+                    return Ok(t.clone());
+                }
+                let mut v = vec![0f32; q.len()];
+                dequantize(q, table, 0, &mut v);
+                let t = Tensor::from_vec(v, self.0.dims.to_vec(), device)?;
+                Ok(made.get_or_init(|| t).clone())
+            }
         }
-        let Some(q) = &s.quantized else { unreachable!("a kernel without floats is quantized") };
-        let mut v = vec![0f32; q.q.len()];
-        q.floats(0, &mut v);
-        let t = Tensor::from_vec(v, s.dims.to_vec(), &s.device)?;
-        Ok(s.dense.get_or_init(|| t).clone())
     }
 
     /// Runs `f` on the floats (CPU only), made for the call where the kernel is quantized and
     /// [`ConvKernel::tensor`] has not made them yet.
     pub(crate) fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-        let s = &self.0;
-        match (s.dense.get(), &s.quantized) {
-            (None, Some(q)) => {
-                let mut v = vec![0f32; q.q.len()];
-                q.floats(0, &mut v);
+        match &self.0.values {
+            Values::Quantized { q, table, made, .. } if made.get().is_none() => {
+                let mut v = vec![0f32; q.len()];
+                dequantize(q, table, 0, &mut v);
                 Ok(f(&v))
             }
             _ => crate::tape::with_f32(&self.tensor()?, f),
@@ -127,25 +116,24 @@ impl ConvKernel {
     /// [`crate::kernel_cache::hash`] of the floats, computed once, a part at a time where the
     /// kernel is quantized.
     pub(crate) fn hash(&self) -> Result<u64> {
-        let s = &self.0;
-        if let Some(h) = s.hash.get() {
+        if let Some(h) = self.0.hash.get() {
             return Ok(*h);
         }
-        let h = match (s.dense.get(), &s.quantized) {
-            (None, Some(q)) => {
+        let h = match &self.0.values {
+            Values::Quantized { q, table, .. } => {
                 let mut hasher = crate::kernel_cache::Hasher::new();
                 // A multiple of 8 floats (the hasher's parts), on the stack.
                 let mut part = [0f32; 2048];
-                for at in (0..q.q.len()).step_by(part.len()) {
-                    let n = part.len().min(q.q.len() - at);
-                    q.floats(at, &mut part[..n]);
+                for at in (0..q.len()).step_by(part.len()) {
+                    let n = part.len().min(q.len() - at);
+                    dequantize(q, table, at, &mut part[..n]);
                     hasher.update(&part[..n]);
                 }
                 hasher.finish()
             }
-            _ => self.with_f32(crate::kernel_cache::hash)?,
+            Values::Dense(t) => crate::tape::with_f32(t, crate::kernel_cache::hash)?,
         };
-        Ok(*s.hash.get_or_init(|| h))
+        Ok(*self.0.hash.get_or_init(|| h))
     }
 }
 
