@@ -133,16 +133,12 @@ pub(crate) fn a_bt(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !(here(a) && here(b)) {
         return Ok(a.matmul(&b.t()?)?);
     }
-    Ok(Tensor::from_vec(a_bt_here(a, b, n, m)?, (n, n), &Device::Cpu)?)
-}
-
-/// [`a_bt`]'s values of CPU operands ([`here`]), `(N, M)` each, row-major.
-fn a_bt_here(a: &Tensor, b: &Tensor, n: usize, m: usize) -> Result<Vec<f32>> {
-    if a.id() == b.id() && a.layout() == b.layout() {
-        with_f32(a, |x| a_bt_values(x, x, n, m, true))?
+    let out = if a.id() == b.id() && a.layout() == b.layout() {
+        with_f32(a, |x| a_bt_values(x, x, n, m, true))??
     } else {
-        with_f32(a, |x| with_f32(b, |y| a_bt_values(x, y, n, m, false)))??
-    }
+        with_f32(a, |x| with_f32(b, |y| a_bt_values(x, y, n, m, false)))???
+    };
+    Ok(Tensor::from_vec(out, (n, n), &Device::Cpu)?)
 }
 
 /// [`a_bt`] on the values, row-major; `symmetric`: `a` and `b` are the same matrix.
@@ -184,52 +180,6 @@ fn a_bt_values(a: &[f32], b: &[f32], n: usize, m: usize, symmetric: bool) -> Res
         }
     }
     Ok(parts)
-}
-
-/// The Gram term's residual and its sum of squares: with `S = A Bᵀ / mass` (`a`, `b` `(N, M)`:
-/// the weighted features and the features), `D = (S − target) · mass`, returns `(Σ D², D ·
-/// scale)`, `(N, N)`. On the CPU in one pass over [`a_bt`]'s result, each element rounded as the
-/// tensor expression `((a_bt(a, b) / mass − target) · mass) · scale` rounds it (candle's `/` and
-/// `·` by a number are `x · f32(s) + 0`), so the gradient's bits are those of the expression;
-/// `Σ D²` is summed in double precision. Measured on the project's Xeon at 160×120 (`runner
-/// bench`), the expression's element-wise steps took 0.4–0.6 ms for a 512 × 512 layer and the
-/// mean it was computed beside (unused by this form) 0.01–0.5 ms a layer.
-pub(crate) fn gram_residual(a: &Tensor, b: &Tensor, target: &Tensor, mass: f64, scale: f64) -> Result<(f64, Tensor)> {
-    let (n, m) = a.dims2()?;
-    if b.dims2()? != (n, m) || target.dims2()? != (n, n) {
-        return Err(Error::Numeric(format!(
-            "a Gram residual of {:?} and {:?} against {:?}",
-            a.shape(),
-            b.shape(),
-            target.shape()
-        )));
-    }
-    if !(here(a) && here(b) && here(target)) {
-        let d = (((a_bt(a, b)? / mass)? - target)? * mass)?;
-        let sum = d.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-        return Ok((sum, (d * scale)?));
-    }
-    let mut g = a_bt_here(a, b, n, m)?;
-    let (inv, mass, scale) = ((1.0 / mass) as f32, mass as f32, scale as f32);
-    let residual = |x: &mut f32, t: f32| -> f64 {
-        let d = ((*x * inv + 0.0) - t) * mass + 0.0;
-        *x = d * scale + 0.0;
-        f64::from(d) * f64::from(d)
-    };
-    let sum = with_f32(target, |t| {
-        // Eight sums side by side, so that the loop vectorises (one sum is a chain of additions).
-        let mut lanes = [0f64; 8];
-        let whole = g.len() / 8 * 8;
-        let (body, rest) = g.split_at_mut(whole);
-        for (xs, ts) in body.chunks_exact_mut(8).zip(t.chunks_exact(8)) {
-            for l in 0..8 {
-                lanes[l] += residual(&mut xs[l], ts[l]);
-            }
-        }
-        let tail = t[body.len()..].iter().zip(rest).map(|(t, x)| residual(x, *t));
-        lanes.iter().sum::<f64>() + tail.sum::<f64>()
-    })?;
-    Ok((sum, Tensor::from_vec(g, (n, n), &Device::Cpu)?))
 }
 
 /// `D X` of `d`, `(N, K)`, and `x`, `(K, M)`: `(N, M)`.
@@ -315,31 +265,6 @@ mod tests {
     fn worst(got: &[f32], want: &[f64]) -> f64 {
         let scale = want.iter().fold(0f64, |a, x| a.max(x.abs()));
         got.iter().zip(want).fold(0f64, |a, (g, w)| a.max((*g as f64 - w).abs() / scale))
-    }
-
-    /// The fused residual against the tensor expression it replaces: the same bits for `D ·
-    /// scale`, the sum of squares to double-precision rounding; for the Gram matrix (`b` is `a`)
-    /// and a guided one (`b` another matrix), on the CPU path and through candle (a transposed,
-    /// non-contiguous target).
-    #[test]
-    fn the_gram_residual_is_the_expression_it_replaces() {
-        let (n, m, mass, scale) = (70, 301, 123.4, 3.7e-5);
-        let a = Tensor::from_vec(matrix(n, m, 3), (n, m), &Device::Cpu).unwrap();
-        let b = Tensor::from_vec(matrix(n, m, 4), (n, m), &Device::Cpu).unwrap();
-        let t = (Tensor::from_vec(matrix(n, n, 5), (n, n), &Device::Cpu).unwrap() * 0.05).unwrap();
-        for (other, target) in [(&a, t.clone()), (&b, t.clone()), (&a, t.t().unwrap())] {
-            let d = (((a_bt(&a, other).unwrap() / mass).unwrap() - &target).unwrap() * mass).unwrap();
-            let want_sum =
-                d.to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-            let want = (d * scale).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (sum, got) = gram_residual(&a, other, &target, mass, scale).unwrap();
-            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(
-                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
-            );
-            assert!((sum - want_sum).abs() <= 1e-12 * want_sum, "{sum} against {want_sum}");
-        }
     }
 
     /// Shapes around every cut: rows not a multiple of [`ROWS`], positions of one and several

@@ -109,10 +109,22 @@ impl Moments {
     /// (`None`: every position), and the guide's mass `m` (`None` when it is below
     /// [`MIN_MASS`]: the region is absent at this layer).
     pub fn of(f: &Tensor, guide: Option<&Tensor>) -> Result<Option<(Self, f64)>> {
-        match Weighted::of(f, guide)? {
-            Some(w) => Ok(Some((w.moments()?, w.mass))),
-            None => Ok(None),
+        let (_, n, h, w) = f.dims4()?;
+        let flat = f.reshape((n, h * w))?;
+        let (weighted, mass) = match guide {
+            None => (flat.clone(), (h * w) as f64),
+            Some(g) => {
+                check_guide(g, h, w)?;
+                let g = g.reshape((1, h * w))?;
+                (flat.broadcast_mul(&g)?, g.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
+            }
+        };
+        if mass < MIN_MASS {
+            return Ok(None);
         }
+        let mean = (weighted.sum(1)? / mass)?;
+        let second = (products::a_bt(&weighted, &flat)? / mass)?;
+        Ok(Some((Self { mean, second }, mass)))
     }
 
     /// The covariance `S − μ μᵀ`, `(N, N)`.
@@ -141,38 +153,6 @@ impl Moments {
 /// Guide mass below which a region counts as absent from a layer (a region that a guide's
 /// down-sampling has reduced to nothing contributes no term, rather than dividing by zero).
 pub const MIN_MASS: f64 = 1e-3;
-
-/// One layer's activations `F` as an `N × M` matrix, weighted by the guide (`F diag(g)`; `F`
-/// itself without one), and the guide's mass `m`.
-struct Weighted {
-    flat: Tensor,
-    weighted: Tensor,
-    mass: f64,
-}
-
-impl Weighted {
-    /// `f` `(1, N, H, W)` weighted by `guide` `(1, 1, H, W)`; `None` when the guide's mass is
-    /// below [`MIN_MASS`].
-    fn of(f: &Tensor, guide: Option<&Tensor>) -> Result<Option<Self>> {
-        let (_, n, h, w) = f.dims4()?;
-        let flat = f.reshape((n, h * w))?;
-        let (weighted, mass) = match guide {
-            None => (flat.clone(), (h * w) as f64),
-            Some(g) => {
-                check_guide(g, h, w)?;
-                let g = g.reshape((1, h * w))?;
-                (flat.broadcast_mul(&g)?, g.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
-            }
-        };
-        Ok((mass >= MIN_MASS).then_some(Self { flat, weighted, mass }))
-    }
-
-    fn moments(&self) -> Result<Moments> {
-        let mean = (self.weighted.sum(1)? / self.mass)?;
-        let second = (products::a_bt(&self.weighted, &self.flat)? / self.mass)?;
-        Ok(Moments { mean, second })
-    }
-}
 
 fn check_guide(g: &Tensor, h: usize, w: usize) -> Result<()> {
     let (b, c, gh, gw) = g.dims4()?;
@@ -260,11 +240,11 @@ pub fn style_term(
         return Err(Error::Config(format!("the style term takes one image, not a batch of {b}")));
     }
     let positions = (h * wd) as f64;
-    let Some(fw) = Weighted::of(f, guide)? else {
+    let Some((m, mass)) = Moments::of(f, guide)? else {
         return Ok(None);
     };
-    let (flat, mass) = (&fw.flat, fw.mass);
     let lambda = mass / positions;
+    let flat = f.reshape((n, h * wd))?;
     let weighted = |x: &Tensor| -> Result<Tensor> {
         Ok(match guide {
             None => x.clone(),
@@ -274,15 +254,13 @@ pub fn style_term(
     let t = &target.moments;
     let (value, grad) = match loss {
         StyleLoss::Gram => {
-            // c(N, m) ‖G − m Sₜ‖² with G = m S, scaled by λ: D = (S − Sₜ) m in one pass over
-            // the products' result (without the mean, which this form does not use).
+            // c(N, m) ‖G − m Sₜ‖² with G = m S, scaled by λ.
             let c = lambda * w * form.style_factor_f64(n, mass);
-            let (sum, d) = products::gram_residual(&fw.weighted, flat, &t.second, mass, 4.0 * c * grad_scale)?;
-            let value = Tensor::new(sum * c, f.device())?.to_dtype(f.dtype())?;
-            (value, products::mul(&d, &fw.weighted)?)
+            let d = ((&m.second - &t.second)? * mass)?;
+            let value = (d.sqr()?.sum_all()? * c)?;
+            (value, products::mul(&(d * (4.0 * c * grad_scale))?, &weighted(&flat)?)?)
         }
         StyleLoss::MeanCov => {
-            let m = fw.moments()?;
             let k = lambda * w * form.style_factor_f64(n, positions) * positions * positions;
             let cov_t = target.cov.as_ref().ok_or_else(|| Error::Config("no covariance target".into()))?;
             let d_mu = (&m.mean - &t.mean)?;
@@ -294,7 +272,6 @@ pub fn style_term(
             (value, grad)
         }
         StyleLoss::Wasserstein => {
-            let m = fw.moments()?;
             let (value, e) = wasserstein(&m, target, n)?;
             let k = lambda * w / n as f64;
             let d_mu = (&m.mean - &t.mean)?;
