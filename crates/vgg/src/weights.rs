@@ -63,6 +63,13 @@ fn dequantize(q: &[u8], table: &[f32; 256], at: usize, out: &mut [f32]) {
     }
 }
 
+/// All of `table[q]`, in a new buffer.
+fn all_floats(q: &[u8], table: &[f32; 256]) -> Vec<f32> {
+    let mut v = vec![0f32; q.len()];
+    dequantize(q, table, 0, &mut v);
+    v
+}
+
 impl ConvKernel {
     /// A kernel of float values, `(C_out, C_in, 3, 3)` (converted to contiguous `f32`).
     pub fn new(weight: &Tensor) -> Result<Self> {
@@ -92,9 +99,7 @@ impl ConvKernel {
                 if let Some(t) = made.get() {
                     return Ok(t.clone());
                 }
-                let mut v = vec![0f32; q.len()];
-                dequantize(q, table, 0, &mut v);
-                let t = Tensor::from_vec(v, self.0.dims.to_vec(), device)?;
+                let t = Tensor::from_vec(all_floats(q, table), self.0.dims.to_vec(), device)?;
                 Ok(made.get_or_init(|| t).clone())
             }
         }
@@ -104,11 +109,7 @@ impl ConvKernel {
     /// [`ConvKernel::tensor`] has not made them yet.
     pub(crate) fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         match &self.0.values {
-            Values::Quantized { q, table, made, .. } if made.get().is_none() => {
-                let mut v = vec![0f32; q.len()];
-                dequantize(q, table, 0, &mut v);
-                Ok(f(&v))
-            }
+            Values::Quantized { q, table, made, .. } if made.get().is_none() => Ok(f(&all_floats(q, table))),
             _ => crate::tape::with_f32(&self.tensor()?, f),
         }
     }
