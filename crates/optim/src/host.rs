@@ -109,40 +109,146 @@ fn recursion(q: &mut [f32], s: &[&[f32]], y: &[&[f32]], rho: &[f64], h_diag: f64
 /// `v ← scale · v + c · add` (without `add`: `v ← scale · v`), and `⟨next, v⟩` of the updated
 /// `v` in double precision (0 when `next` is empty), in one parallel pass.
 fn update_dot(v: &mut [f32], c: f32, add: Option<&[f32]>, next: &[f32], scale: f32) -> f64 {
+    update_dot_with(Level::detected(), v, c, add, next, scale)
+}
+
+fn update_dot_with(level: Level, v: &mut [f32], c: f32, add: Option<&[f32]>, next: &[f32], scale: f32) -> f64 {
     let partial: Vec<f64> = v
         .par_chunks_mut(CHUNK)
         .enumerate()
         .map(|(k, vc)| {
             let at = k * CHUNK..k * CHUNK + vc.len();
-            match add {
-                Some(a) => {
-                    for (x, a) in vc.iter_mut().zip(&a[at.clone()]) {
-                        *x = scale * *x + c * a;
-                    }
-                }
-                None if scale != 1.0 => vc.iter_mut().for_each(|x| *x *= scale),
-                None => {}
-            }
-            if next.is_empty() {
-                return 0.0;
-            }
-            // Eight lanes so that the sum vectorises; each lane in double precision.
-            let mut lanes = [0f64; 8];
-            let nc = &next[at];
-            let (body, tail) = (vc.len() / 8 * 8, vc.len() % 8);
-            for (xs, ns) in vc[..body].chunks_exact(8).zip(nc[..body].chunks_exact(8)) {
-                for l in 0..8 {
-                    lanes[l] += f64::from(xs[l]) * f64::from(ns[l]);
-                }
-            }
-            let mut sum: f64 = lanes.iter().sum();
-            for j in body..body + tail {
-                sum += f64::from(vc[j]) * f64::from(nc[j]);
-            }
-            sum
+            let add = add.map(|a| &a[at.clone()]);
+            let next = (!next.is_empty()).then(|| &next[at]);
+            level.chunk(vc, c, add, next, scale)
         })
         .collect();
     partial.iter().sum()
+}
+
+/// The widest vectors [`chunk`] is compiled for here: AVX-512 where the CPU has it and the
+/// build has the `avx512` feature (as for gemm's kernels, `NST_CPU` does not reach it), else
+/// AVX2, else the baseline (SSE2 on x86-64: two double-precision lanes, so the dot products
+/// were bound by arithmetic, not memory). Each computes the same bits: the same operations in
+/// the same order, more of them at once.
+///
+/// Measured on the project's Xeon (family 6 model 207, 2026-12-02): 100 pairs of 57 600 floats
+/// (160×120), the whole recursion on one thread, by turns with the code before (baseline, a
+/// dot-product pass after each update pass): 8.1–9.5 against 15.8–17.1 ms; on two threads,
+/// medians of 24 turns 5.6 / 6.5 against 6.1 / 6.9 ms. In 100-iteration runs at 160×120, the
+/// time of the L-BFGS steps beyond their evaluations: 481 and 432 against 727 and 605 ms.
+#[derive(Clone, Copy, Debug)]
+enum Level {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+    Avx512,
+}
+
+impl Level {
+    fn detected() -> Level {
+        #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Level::Avx512;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Level::Avx2;
+        }
+        Level::Baseline
+    }
+
+    fn chunk(self, v: &mut [f32], c: f32, add: Option<&[f32]>, next: Option<&[f32]>, scale: f32) -> f64 {
+        match self {
+            Level::Baseline => chunk(v, c, add, next, scale),
+            // SAFETY: `detected` returns these only where the CPU has their instructions.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unsafe { chunk_avx2(v, c, add, next, scale) },
+            #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+            Level::Avx512 => unsafe { chunk_avx512(v, c, add, next, scale) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn chunk_avx2(v: &mut [f32], c: f32, add: Option<&[f32]>, next: Option<&[f32]>, scale: f32) -> f64 {
+    chunk(v, c, add, next, scale)
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+#[target_feature(enable = "avx512f")]
+fn chunk_avx512(v: &mut [f32], c: f32, add: Option<&[f32]>, next: Option<&[f32]>, scale: f32) -> f64 {
+    chunk(v, c, add, next, scale)
+}
+
+/// Floats per step of [`chunk`]'s loop: a cache line.
+const LINE: usize = 16;
+
+/// Floats prefetched ahead of the line in use, in each vector read (2 KiB): the vectors of
+/// the pairs come from memory, one short stream per pass. 128 / 512 / 1024 on one thread
+/// (Xeon model 207): 10.0–11.5 / 8.1–9.4 / 9.0–10.5 ms per recursion of 100 pairs.
+const AHEAD: usize = 512;
+
+/// One chunk of [`update_dot`]: each line of `v` updated, then its terms of `⟨next, v⟩`
+/// added, in double precision, to eight lanes (lane l takes the elements l, l + 8, …), summed
+/// in lane order at the end, then the elements past the last multiple of 8 one by one. Products
+/// and sums are separate operations, never fused, on every instruction set.
+#[inline(always)]
+fn chunk(v: &mut [f32], c: f32, add: Option<&[f32]>, next: Option<&[f32]>, scale: f32) -> f64 {
+    let n = v.len();
+    let lines = n / LINE * LINE;
+    let mut lanes = [0f64; 8];
+    let mut dot_lines = |xs: &[f32], ns: &[f32]| {
+        for (x8, n8) in xs.chunks_exact(8).zip(ns.chunks_exact(8)) {
+            for l in 0..8 {
+                lanes[l] += f64::from(x8[l]) * f64::from(n8[l]);
+            }
+        }
+    };
+    match add {
+        Some(a) => {
+            let a = &a[..n];
+            for (j, (xs, a16)) in v[..lines].chunks_exact_mut(LINE).zip(a[..lines].chunks_exact(LINE)).enumerate() {
+                prefetch(a, j * LINE + AHEAD);
+                for (x, a) in xs.iter_mut().zip(a16) {
+                    *x = scale * *x + c * a;
+                }
+                if let Some(next) = next {
+                    prefetch(next, j * LINE + AHEAD);
+                    dot_lines(xs, &next[j * LINE..(j + 1) * LINE]);
+                }
+            }
+            for (x, a) in v[lines..].iter_mut().zip(&a[lines..]) {
+                *x = scale * *x + c * a;
+            }
+        }
+        None if scale != 1.0 => v.iter_mut().for_each(|x| *x *= scale),
+        None => {}
+    }
+    let Some(next) = next else { return 0.0 };
+    let eights = n / 8 * 8;
+    // The lines' terms are in the lanes already when `add` came with them.
+    let from = if add.is_some() { lines } else { 0 };
+    dot_lines(&v[from..eights], &next[from..eights]);
+    let mut sum: f64 = lanes.iter().sum();
+    for j in eights..n {
+        sum += f64::from(v[j]) * f64::from(next[j]);
+    }
+    sum
+}
+
+/// Asks for the cache line of `v[at]`, when `at` lies inside `v`.
+#[inline(always)]
+fn prefetch(v: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < v.len() {
+        // SAFETY: a hint, for an address inside `v`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(v.as_ptr().add(at).cast()) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, at);
 }
 
 #[cfg(test)]
@@ -193,6 +299,44 @@ mod tests {
             let scale = r.iter().fold(0f64, |a, v| a.max(v.abs()));
             let err = got.iter().zip(&r).fold(0f64, |a, (x, y)| a.max((f64::from(*x) - y).abs()));
             assert!(err <= 1e-5 * scale, "m = {m}: max error {err} of {scale}");
+        }
+    }
+
+    /// Every instruction set gives the baseline's bits, for every shape of chunk: with and
+    /// without an update, with and without a dot product, lengths not a multiple of a line,
+    /// of 8, or of the chunk.
+    #[test]
+    fn every_instruction_set_gives_the_baselines_bits() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let levels = [
+            Level::Baseline,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2,
+            #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+            Level::Avx512,
+        ];
+        let here = Level::detected();
+        for n in [1usize, 7, 8, 15, 16, 23, 1000, CHUNK + 13, 2 * CHUNK + 40] {
+            let vec =
+                |rng: &mut rand::rngs::StdRng| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+            let (v0, a, next) = (vec(&mut rng), vec(&mut rng), vec(&mut rng));
+            for (add, next, scale) in [
+                (Some(&a[..]), &next[..], 1.0),
+                (None, &next[..], 0.37),
+                (None, &next[..], 1.0),
+                (Some(&a[..]), &[][..], 1.0),
+            ] {
+                let run = |level: Level| {
+                    let mut v = v0.clone();
+                    let d = update_dot_with(level, &mut v, -0.61, add, next, scale);
+                    (v.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), d.to_bits())
+                };
+                let want = run(Level::Baseline);
+                for level in levels.iter().filter(|l| (**l as u8) <= (here as u8)) {
+                    assert!(run(*level) == want, "{level:?}, n = {n}, add {}, next {}", add.is_some(), next.len());
+                }
+            }
         }
     }
 
