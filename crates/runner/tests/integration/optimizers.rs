@@ -8,8 +8,8 @@ use vgg::ConvAlgorithm;
 
 use crate::helpers::*;
 
-/// Runs L-BFGS from the fixture's x0 until `evals` evaluations; returns every evaluation's value
-/// and the value at each iterate x_k (k = 0 …).
+/// Runs L-BFGS from the fixture's x0 until `evals` evaluations (or a step that converged without
+/// evaluating); returns every evaluation's value and the value at each iterate x_k (k = 0 …).
 fn trace(
     alg: ConvAlgorithm,
     x0: &str,
@@ -24,7 +24,8 @@ fn trace(
     (v, i, x)
 }
 
-/// Like `trace`, stopping at the first error and returning it.
+/// Like `trace`, stopping at the first error and returning it, or at a step that made no
+/// evaluation (converged: every later call would return the same).
 fn try_trace(
     alg: ConvAlgorithm,
     x0: &str,
@@ -54,6 +55,11 @@ fn try_trace(
             iterates.push(values[0]);
         }
         iterates.push(r.value);
+        if r.evals == 0 {
+            // A step that stopped without evaluating (converged) does so again at every call:
+            // end here, or this loop, which counts evaluations, would never end.
+            break;
+        }
     }
     (values, iterates, x, None)
 }
