@@ -136,8 +136,8 @@ impl Moments {
     }
 }
 
-/// The activations of one layer as an `(N, M)` matrix `F`, `F diag(g)`, and the guide's mass
-/// `m`, `M` positions (`None` when the mass is below [`MIN_MASS`]).
+/// The activations of one layer as an `(N, M)` matrix `F` (M positions), `F diag(g)`, and the
+/// guide's mass `m`.
 struct Weighted {
     flat: Tensor,
     weighted: Tensor,
@@ -145,7 +145,8 @@ struct Weighted {
 }
 
 impl Weighted {
-    /// `f` is `(1, N, H, W)`, `guide` `(1, 1, H, W)` (`None`: every position).
+    /// `f` is `(1, N, H, W)`, `guide` `(1, 1, H, W)` (`None`: every position); `None` when the
+    /// mass is below [`MIN_MASS`].
     fn of(f: &Tensor, guide: Option<&Tensor>) -> Result<Option<Self>> {
         let (_, n, h, w) = f.dims4()?;
         let flat = f.reshape((n, h * w))?;

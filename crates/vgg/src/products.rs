@@ -263,10 +263,9 @@ unsafe fn blocks<V: Blocking>(o: Operands, nt: usize) {
     let (group, _) = V::GROUP;
     let (whole, rest) = (vectors / group * group, vectors % group);
     let t0 = whole * V::LANES;
-    // Channels per pass of both: a leftover block's, when it is whole groups' blocks.
+    // Channels per pass of both: a leftover block's, when it is whole groups' blocks; else all.
     let slab = match rest {
-        0 => o.k,
-        r if V::REST[r - 1] % V::GROUP.1 == 0 => V::REST[r - 1],
+        r if r > 0 && V::REST[r - 1] % V::GROUP.1 == 0 => V::REST[r - 1],
         _ => o.k,
     };
     let mut k0 = 0;
